@@ -1,0 +1,38 @@
+"""Batch-friendly image transforms on uint8 tensors, producing floats in [-1, 1]."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def fit_images(images: Tensor, image_size: int, channels: int) -> Tensor:
+    """Bring uint8 ``[N, C, H, W]`` to ``[N, channels, image_size, image_size]`` (still uint8).
+
+    Pads symmetrically with black when the target is larger by an even margin (MNIST 28 -> 32, as in
+    the DDPM code), else resizes bilinearly; converts grayscale <-> RGB by repeating / averaging.
+    """
+    n, c, h, w = images.shape
+    if image_size < 8:
+        raise ValueError(f"image_size must be at least 8, got {image_size}")
+    if (h, w) != (image_size, image_size):
+        dh, dw = image_size - h, image_size - w
+        if dh >= 0 and dw >= 0 and dh % 2 == 0 and dw % 2 == 0:
+            images = F.pad(images, (dw // 2, dw // 2, dh // 2, dh // 2))
+        else:
+            resized = F.interpolate(images.float(), size=(image_size, image_size), mode="bilinear", antialias=True)
+            images = resized.round().clamp(0, 255).to(torch.uint8)
+    if channels != c:
+        if c == 1 and channels == 3:
+            images = images.expand(-1, 3, -1, -1)
+        elif c == 3 and channels == 1:
+            images = images.float().mean(1, keepdim=True).round().to(torch.uint8)
+        else:
+            raise ValueError(f"cannot convert {c}-channel images to {channels} channels; use 1 or 3")
+    return images.contiguous()
+
+
+def uint8_to_signed(images: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return images.float().div_(127.5).sub_(1.0)
