@@ -109,7 +109,7 @@ def load_cifar10(data_dir: str | Path, train: bool, download: bool = True) -> tu
             )
     parts = [_read_cifar_batch(folder / f) for f in files]
     images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
-    labels = torch.tensor([y for p in parts for y in p], dtype=torch.long)
+    labels = torch.tensor([y for p in parts for y in p[1]], dtype=torch.long)
     return images, labels
 
 

@@ -1,0 +1,7 @@
+"""Lightning wrappers: the diffusion LightningModule, EMA, callbacks, checkpoint I/O."""
+
+from diffusionlab.lit.callbacks import ExportEMACallback, SampleGridCallback
+from diffusionlab.lit.diffusion_module import DiffusionModule, NonFiniteLossError
+from diffusionlab.lit.ema import EMA
+
+__all__ = ["DiffusionModule", "EMA", "ExportEMACallback", "NonFiniteLossError", "SampleGridCallback"]

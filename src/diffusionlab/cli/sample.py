@@ -1,0 +1,69 @@
+"""The sampling task: a run's EMA weights -> a PNG grid (+ single PNGs, + a trajectory GIF)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, ListConfig
+
+from diffusionlab.cli.runs import load_run
+from diffusionlab.pipelines import generate
+from diffusionlab.utils.images import make_grid, save_gif, save_png, to_uint8
+from diffusionlab.utils.io import check_writable_dir
+
+log = logging.getLogger("diffusionlab.sample")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"unknown device {name!r}; valid choices: auto, cpu, cuda, cuda:N")
+    return torch.device(name)
+
+
+def sample_labels(spec, n: int, num_classes: int | None) -> torch.Tensor | None:
+    """Labels ``[n]`` from ``class=`` (an int, a list, or None = cycle through all classes)."""
+    if num_classes is None:
+        if spec is not None:
+            raise ValueError(f"class={spec} given, but this model is unconditional")
+        return None
+    classes = list(range(num_classes)) if spec is None else spec
+    classes = list(classes) if isinstance(classes, (list, tuple, ListConfig)) else [classes]
+    bad = [c for c in classes if not isinstance(c, int) or not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"class {bad} out of range: valid classes are 0..{num_classes - 1}")
+    return torch.tensor(classes).repeat((n + len(classes) - 1) // len(classes))[:n]
+
+
+def sample(cfg: DictConfig) -> Path:
+    if cfg.n < 1:
+        raise ValueError(f"n must be >= 1, got {cfg.n}")
+    out_dir = check_writable_dir(cfg.out_dir)
+    device = pick_device(cfg.device)
+    run = load_run(cfg.ckpt, device=device)
+    labels = sample_labels(cfg.get("class"), cfg.n, getattr(run.net, "num_classes", None))
+    opts = dict(cfg.sampler.get("opts") or {})
+    opts.setdefault("clip_x0", 1.0) if run.decode is None else None
+    frames_every = max(1, cfg.steps // cfg.gif_frames) if cfg.gif else 0
+    log.info("sampling %d images with %s, %d steps, guidance %.2f, seed %d", cfg.n, cfg.sampler.name, cfg.steps,
+             cfg.guidance, cfg.seed)
+    images, trajectory = generate(
+        run.net, run.diffusion, run.sample_shape, labels=labels, n=cfg.n, sampler=cfg.sampler.name,
+        steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed, sampler_opts=opts, decode=run.decode,
+        trajectory_every=frames_every, device=device,
+    )
+    tag = f"{cfg.sampler.name}_{cfg.steps}steps_g{cfg.guidance:g}_seed{cfg.seed}"
+    u8 = to_uint8(images)
+    grid_path = save_png(make_grid(u8, nrow=cfg.nrow), out_dir / f"grid_{tag}.png", scale=2)
+    if cfg.save_individual:
+        for i, img in enumerate(u8):
+            save_png(img.permute(1, 2, 0).numpy(), out_dir / "images" / f"{i:05d}.png")
+    if cfg.gif and trajectory:
+        frames = [make_grid(to_uint8(x), nrow=cfg.nrow) for x in trajectory + [images]]
+        save_gif(frames, out_dir / f"trajectory_{tag}.gif", scale=2)
+    log.info("wrote %s (EMA weights of %s, step %d)", grid_path, run.ckpt_dir, run.global_step)
+    print(grid_path)
+    return grid_path

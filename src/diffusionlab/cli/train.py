@@ -1,0 +1,87 @@
+"""The training task: config -> datamodule, network, diffusion, LightningModule, trainer -> fit."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from diffusionlab.cli.runs import resolve_resume_path, save_run_config
+from diffusionlab.utils.io import check_writable_dir
+
+log = logging.getLogger("diffusionlab.train")
+
+WANDB_ID_FILENAME = "wandb_id.txt"
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Instantiate every entry of a config group dict (callbacks, loggers) that has a ``_target_``."""
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def build_module(cfg: DictConfig):
+    """Network + diffusion + LightningModule from the config (also used by tests and notebooks)."""
+    net = instantiate(cfg.model)
+    diffusion = instantiate(cfg.diffusion)
+    extra = {}
+    if cfg.get("autoencoder") is not None:
+        extra["autoencoder"] = instantiate(cfg.autoencoder)
+    return instantiate(cfg.module, net=net, diffusion=diffusion, **extra)
+
+
+def _continue_wandb_run(cfg: DictConfig, resume_from: str | None, ckpt_dir: Path) -> None:
+    """Reuse the W&B run id of the run being resumed; remember this run's id for later resumes."""
+    if "wandb" not in (cfg.get("logger") or {}):
+        return
+    if resume_from is not None:
+        id_file = Path(resume_from).parent / WANDB_ID_FILENAME
+        if id_file.is_file():
+            cfg.logger.wandb.id = id_file.read_text().strip()
+
+
+@rank_zero_only
+def _remember_wandb_id(loggers: list, ckpt_dir: Path) -> None:
+    from diffusionlab.utils.io import atomic_write_text
+
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            atomic_write_text(ckpt_dir / WANDB_ID_FILENAME, str(lg.version))
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the model described by ``cfg``; returns the trainer's final callback metrics."""
+    out_dir = check_writable_dir(cfg.paths.output_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    resume_from = resolve_resume_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name)
+    _continue_wandb_run(cfg, resume_from, ckpt_dir)
+
+    log.info("data: %s", cfg.data.name)
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    if trainer.is_global_zero:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        save_run_config(cfg, ckpt_dir)
+    _remember_wandb_id(loggers, ckpt_dir)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    n_params = sum(p.numel() for p in module.net.parameters())
+    log.info("network %s: %.2fM parameters", type(module.net).__name__, n_params / 1e6)
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    log.info("done: global step %d, run folder %s", trainer.global_step, out_dir)
+    return metrics

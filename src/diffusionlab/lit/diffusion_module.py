@@ -1,0 +1,140 @@
+"""LightningModule wrapping a denoising network and a :class:`GaussianDiffusion` (pixel or latent space)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from lightning import LightningModule
+from torch import Tensor, nn
+
+from diffusionlab.diffusion.gaussian import GaussianDiffusion
+from diffusionlab.lit.ema import EMA
+from diffusionlab.pipelines import generate
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf."""
+
+
+class DiffusionModule(LightningModule):
+    """Trains ``net`` to denoise with ``diffusion``; keeps an EMA copy used for sampling and export.
+
+    Batches are ``(x [B, C, H, W], y [B])`` with ``x`` in the model's data space (pixels in [-1, 1], or
+    latents). Subclasses change :meth:`encode_batch` / :meth:`decode` for latent diffusion.
+
+    Args:
+        net: ``net(x_t, t, y) -> prediction``; ``net.num_classes`` set for class-conditional models.
+        diffusion: schedule, prediction type and loss weighting.
+        optimizer: ``partial`` of a ``torch.optim`` class (``_partial_: true`` in configs).
+        scheduler: optional ``partial`` taking the optimizer (and ``total_steps`` if it accepts it).
+        ema_decay, ema_warmup, ema_start_step: see :class:`EMA`.
+        compile: ``torch.compile`` the training forward.
+        channels_last: keep weights and batches in channels-last memory format (faster convs on CPU/GPU).
+        val_seed: seeds the timesteps and noise of the validation loss, so epochs are comparable.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        diffusion: GaussianDiffusion,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        ema_decay: float = 0.9999,
+        ema_warmup: bool = True,
+        ema_start_step: int = 0,
+        compile: bool = False,
+        channels_last: bool = False,
+        val_seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False, ignore=["net", "diffusion", "optimizer", "scheduler"])
+        self.net = net
+        self.diffusion = diffusion
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.channels_last = channels_last
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.ema = EMA(self.net, decay=ema_decay, warmup=ema_warmup, start_step=ema_start_step)
+        self._train_net = torch.compile(self.net) if compile else self.net
+        self.val_seed = val_seed
+
+    # ------------------------------------------------------------------ data hooks
+    @property
+    def num_classes(self) -> int | None:
+        return getattr(self.net, "num_classes", None)
+
+    def encode_batch(self, x: Tensor) -> Tensor:
+        """Map a batch from the dataloader to the diffusion space (identity for pixel models)."""
+        return x
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Map diffusion-space samples to images in [-1, 1] (identity for pixel models)."""
+        return z
+
+    def _prepare(self, batch) -> tuple[Tensor, Tensor | None]:
+        x, y = batch if isinstance(batch, (list, tuple)) else (batch, None)
+        x = self.encode_batch(x)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, (y if self.num_classes is not None else None)
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x, y = self._prepare(batch)
+        loss = self.diffusion.training_loss(self._train_net, x, y, num_classes=self.num_classes)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss became {loss.item()} at global step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}); stopping. The last good checkpoint is "
+                "left in place: lower the learning rate or enable gradient clipping, then resume from it."
+            )
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.ema.update(self.net, self.global_step)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = self._prepare(batch)
+        gen = torch.Generator(device=x.device).manual_seed(self.val_seed + batch_idx)
+        for name, net in (("val/loss", self.net), ("val/loss_ema", self.ema.shadow)):
+            loss = self.diffusion.training_loss(net, x, y, num_classes=self.num_classes, generator=gen)
+            gen.manual_seed(self.val_seed + batch_idx)
+            self.log(name, loss, prog_bar=name == "val/loss", sync_dist=True, batch_size=len(x))
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.net.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        try:
+            scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        except TypeError:
+            scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ resume: RNG state travels too
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["diffusionlab_rng"] = {"torch": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("diffusionlab_rng")
+        if state is not None:
+            torch.set_rng_state(state["torch"])
+
+    # ------------------------------------------------------------------ inference
+    def sample_shape(self, x_example: Tensor | None = None) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one sample in diffusion space, from the network's declared size."""
+        net = self.net
+        return (net.in_channels, net.image_size, net.image_size)
+
+    @torch.no_grad()
+    def sample(self, labels: Tensor | None = None, n: int | None = None, use_ema: bool = True, **kwargs):
+        """Images in [-1, 1] from the EMA (default) or raw weights; kwargs go to :func:`generate`."""
+        net = self.ema.shadow if use_ema else self.net
+        images, trajectory = generate(
+            net, self.diffusion, self.sample_shape(), labels=labels, n=n, decode=self.decode, **kwargs
+        )
+        return images, trajectory

@@ -1,0 +1,39 @@
+"""Shared fixtures: real MNIST / Fashion-MNIST from ../shared/datasets, linked into a writable folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DIFFUSIONLAB_SHARED", ROOT.parent / "shared"))
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def _link_dataset(src_root: Path, dst_root: Path, name: str) -> None:
+    src, dst = src_root / name / "raw", dst_root / name / "raw"
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.glob("*.gz"):
+        if not (dst / f.name).exists():
+            os.symlink(f.resolve(), dst / f.name)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A writable data folder in torchvision's layout whose .gz files link to ../shared/datasets."""
+    src = SHARED / "datasets"
+    if not (src / "MNIST" / "raw").is_dir():
+        pytest.fail(f"real MNIST not found under {src}: put ../shared beside the checkout (or set DIFFUSIONLAB_SHARED)")
+    root = tmp_path_factory.mktemp("data")
+    for name in ("MNIST", "FashionMNIST"):
+        _link_dataset(src, root, name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return SHARED
