@@ -38,6 +38,20 @@ def canonical_prediction(name: str) -> str:
         ) from None
 
 
+def split_prediction(x_t: Tensor, alpha, sigma, model_out: Tensor, prediction: str) -> tuple[Tensor, Tensor]:
+    """``(x0, eps)`` implied by a model output of type ``prediction`` at ``x_t = alpha x0 + sigma eps``.
+
+    ``alpha`` and ``sigma`` are python floats or tensors broadcastable to ``x_t`` (``alpha^2 + sigma^2 = 1``);
+    both are computed from the raw output (v: ``x0 = alpha x_t - sigma v``, ``eps = sigma x_t + alpha v``).
+    """
+    prediction = canonical_prediction(prediction)
+    if prediction == "eps":
+        return (x_t - sigma * model_out) / alpha, model_out
+    if prediction == "x0":
+        return model_out, (x_t - alpha * model_out) / sigma
+    return alpha * x_t - sigma * model_out, sigma * x_t + alpha * model_out
+
+
 def _betas_for_cosine(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
     """Nichol & Dhariwal (2021) eq. 17: alpha_bar(t) = cos^2((t/T + s) / (1 + s) * pi/2), betas clipped."""
 
@@ -176,25 +190,13 @@ class NoiseSchedule:
     # ------------------------------------------------------------------ conversions
     def predict_x0(self, x_t: Tensor, t: Tensor, model_out: Tensor, prediction: str) -> Tensor:
         """x0 implied by a model output of type ``prediction`` at ``(x_t, t)``."""
-        prediction = canonical_prediction(prediction)
-        a = self.sqrt_alphas_cumprod(t, x_t)
-        s = self.sqrt_one_minus_alphas_cumprod(t, x_t)
-        if prediction == "eps":
-            return (x_t - s * model_out) / a
-        if prediction == "x0":
-            return model_out
-        return a * x_t - s * model_out
+        a, s = self.sqrt_alphas_cumprod(t, x_t), self.sqrt_one_minus_alphas_cumprod(t, x_t)
+        return split_prediction(x_t, a, s, model_out, prediction)[0]
 
     def predict_eps(self, x_t: Tensor, t: Tensor, model_out: Tensor, prediction: str) -> Tensor:
         """eps implied by a model output of type ``prediction`` at ``(x_t, t)``."""
-        prediction = canonical_prediction(prediction)
-        a = self.sqrt_alphas_cumprod(t, x_t)
-        s = self.sqrt_one_minus_alphas_cumprod(t, x_t)
-        if prediction == "eps":
-            return model_out
-        if prediction == "x0":
-            return (x_t - a * model_out) / s
-        return s * x_t + a * model_out
+        a, s = self.sqrt_alphas_cumprod(t, x_t), self.sqrt_one_minus_alphas_cumprod(t, x_t)
+        return split_prediction(x_t, a, s, model_out, prediction)[1]
 
     # ------------------------------------------------------------------ posterior
     def posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -202,9 +204,10 @@ class NoiseSchedule:
 
         Returns ``(mean, variance, log_variance_clipped)``, each broadcastable to ``x_t``.
         """
-        mean = self.gather(self.posterior_mean_coef_x0, t, x_t) * x0 + self.gather(
-            self.posterior_mean_coef_xt, t, x_t
-        ) * x_t
+        mean = (
+            self.gather(self.posterior_mean_coef_x0, t, x_t) * x0
+            + self.gather(self.posterior_mean_coef_xt, t, x_t) * x_t
+        )
         var = self.gather(self.posterior_variance, t, x_t)
         log_var = self.gather(self.posterior_log_variance_clipped, t, x_t)
         return mean, var, log_var
