@@ -1,0 +1,72 @@
+"""Convolutional building blocks shared by the UNet and the KL autoencoder.
+
+Feature maps are ``[B, C, H, W]``; time embeddings ``[B, time_dim]``.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ResnetBlock(nn.Module):
+    """GroupNorm-SiLU-conv3x3 twice with a residual; ``in_ch -> out_ch`` (1x1 conv on the skip when they
+    differ). With ``time_dim`` set, ``Linear(SiLU(temb))`` is added per channel after the first conv."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int | None = None,
+        time_dim: int | None = None,
+        groups: int = 32,
+        eps: float = 1e-6,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        out_ch = out_ch or in_ch
+        self.norm1 = nn.GroupNorm(groups, in_ch, eps=eps)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.time_proj = nn.Linear(time_dim, out_ch) if time_dim else None
+        self.norm2 = nn.GroupNorm(groups, out_ch, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        if self.time_proj is not None:
+            if temb is None:
+                raise ValueError("this block was built with a time embedding; pass temb [B, time_dim]")
+            h = h + self.time_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv: ``[B, C, H, W] -> [B, C, ceil(H/2), ceil(W/2)]``. ``asymmetric`` pads only
+    right/bottom by one (the autoencoder's convention); otherwise one pixel on every side (the UNet's)."""
+
+    def __init__(self, channels: int, asymmetric: bool = False):
+        super().__init__()
+        self.asymmetric = asymmetric
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if asymmetric else 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.asymmetric:
+            x = F.pad(x, (0, 1, 0, 1))
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour upsampling (x2, or to ``size``) followed by a 3x3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        if size is None:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        else:
+            x = F.interpolate(x, size=size, mode="nearest")
+        return self.conv(x)
