@@ -56,11 +56,14 @@ def _remember_wandb_id(loggers: list, ckpt_dir: Path) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model described by ``cfg``; returns the trainer's final callback metrics."""
+    resume_from = resolve_resume_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name)
+    if resume_from is not None:
+        # Continue the same run: checkpoints, sample grids and logs go on in the original run folder.
+        cfg.paths.output_dir = str(Path(resume_from).resolve().parent.parent)
     out_dir = check_writable_dir(cfg.paths.output_dir)
     ckpt_dir = out_dir / "checkpoints"
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    resume_from = resolve_resume_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name)
     _continue_wandb_run(cfg, resume_from, ckpt_dir)
 
     log.info("data: %s", cfg.data.name)

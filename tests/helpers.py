@@ -1,0 +1,68 @@
+"""Test helpers: compose the real Hydra configs with overrides, run the real entry points."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from diffusionlab.cli.resolvers import register_resolvers
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = str(ROOT / "configs")
+
+# A network small enough to train for a few hundred steps in a test (28x28, two levels, no attention).
+TINY_UNET = [
+    "model=unet_small",
+    "model.base_channels=16",
+    "model.channel_mult=[1,2]",
+    "model.attention_resolutions=[]",
+    "model.norm_groups=8",
+    "data.image_size=28",
+]
+
+
+def compose_cfg(config_name: str, overrides: list[str], out_dir: Path) -> DictConfig:
+    """The config an entry point would see, with its run folder set to ``out_dir``."""
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+        cfg.paths.log_dir = str(out_dir.parent)
+        del cfg.hydra
+    return cfg
+
+
+def train_overrides(data_dir: Path, *extra: str) -> list[str]:
+    return [
+        "debug=fast",
+        f"paths.data_dir={data_dir}",
+        "logger=csv",
+        "data.val_size=128",
+        "callbacks.sample_grid.per_class=2",
+        "callbacks.sample_grid.steps=4",
+        *TINY_UNET,
+        *extra,
+    ]
+
+
+def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 300):
+    """Run ``python <script> args`` from the repository root; returns the CompletedProcess."""
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
