@@ -164,7 +164,7 @@ class Sampler:
         state: dict = {}
         steps = range(start_index, self.num_steps)
         with torch.no_grad():
-            for i in tqdm(steps, desc=self.name, disable=not progress, leave=False):
+            for i in tqdm(steps, desc=self.name, leave=False) if progress else steps:
                 x, x0 = self.step(model_fn, x, i, state, generator)
                 if callback is not None:
                     replaced = callback(i, self.timesteps[i], x, x0)
