@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from diffusionlab.sd import config as C
 from diffusionlab.sd.clip import CLIPTextEncoder
 from diffusionlab.sd.convert import apply_transform, compvis_ema_key, plan_keys, split_compvis_keys
-from diffusionlab.sd.key_map import COMPVIS_PREFIX
+from diffusionlab.sd.key_map import COMPVIS_PREFIX, module_map
 from diffusionlab.sd.unet import UNet
 from diffusionlab.sd.vae import AutoencoderKL
 
@@ -181,18 +181,22 @@ def load_component(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     where: str = "checkpoint",
+    prefix: str = "",
 ) -> nn.Module:
     """Build ``component`` from ``cfg`` and fill it from ``source``.
 
     ``keys`` maps the component's keys in ``layout`` (no checkpoint prefix) to the key to read in
-    ``source``. Raises :class:`CheckpointError` listing missing, unexpected and mis-shaped keys.
+    ``source``. Raises :class:`CheckpointError` listing missing (named in ``layout``, after ``prefix``),
+    unexpected and mis-shaped keys.
     """
     module = build_meta(component, cfg)
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     plan, unexpected = plan_keys(keys, component, cfg, layout, "ours")
     unexpected = [keys[k] for k in unexpected]
     placed = {dst: src for src, (dst, _) in plan.items()}
-    missing = sorted(set(expected) - set(placed))
+    back = module_map(component, cfg, "ours", layout)
+    missing = [k.rpartition(".") for k in sorted(set(expected) - set(placed))]
+    missing = [f"{prefix}{back[path][0]}.{param}" for path, _, param in missing]
     unexpected += sorted(keys[src] for src, (dst, _) in plan.items() if dst not in expected)
     mismatched = []
     for src, (dst, transform) in plan.items():
@@ -280,7 +284,9 @@ def load_compvis(
                 )
             keys = ema
         cfg = getattr(config, component)
-        modules[component] = load_component(component, cfg, source, keys, "compvis", dtype, device, where)
+        modules[component] = load_component(
+            component, cfg, source, keys, "compvis", dtype, device, where, prefix=COMPVIS_PREFIX[component]
+        )
     return config, modules
 
 
