@@ -1,0 +1,267 @@
+"""Feature extractors: images -> feature vectors (and class logits when the network has them).
+
+Every extractor takes uint8 images ``[B, C, H, W]`` in [0, 255] (see :mod:`.preprocess`) and returns
+``(features [B, D] float32, logits [B, K] float32 or None)``. Two sources of the standard FID Inception
+(TensorFlow Inception-v3 2015-12-05) share this interface, chosen by :func:`load_inception`:
+
+- ``weights=None`` (online): torch-fidelity's ``FeatureExtractorInceptionV3``, which downloads the standard
+  weights as torch-fidelity and torchmetrics do; it has the logits, so Inception Score is available.
+- ``weights=<path>`` (offline): a TorchScript port of the same network (pool3 features only, no logits), e.g.
+  ``../shared/weights/inception-2015-12-05-pool3.torchscript.pt``; a torch-fidelity ``.pth`` state dict also
+  works. The images go through the same resize and scaling as in torch-fidelity.
+
+``info()`` says which one was used and the sha256 of its weights file; it goes into ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from diffusionlab.metrics.cache import sha256_file
+from diffusionlab.metrics.preprocess import (
+    check_images,
+    describe_inception_preprocessing,
+    inception_input,
+    quantize,
+    to_rgb,
+)
+
+TORCH_FIDELITY_URL_NAME = "weights-inception-2015-12-05-6726825d.pth"
+
+
+class FeatureExtractor(nn.Module):
+    """Base class. Subclasses set ``name``, ``source``, ``sha256``, ``num_features``, ``has_logits``."""
+
+    name: str = "?"
+    source: str = "?"
+    sha256: str | None = None
+    num_features: int = 0
+    has_logits: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("_device_probe", torch.zeros(()), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device_probe.device
+
+    def train(self, mode: bool = True) -> FeatureExtractor:  # feature networks never leave eval mode
+        return super().train(False)
+
+    def preprocessing(self) -> dict:
+        return describe_inception_preprocessing()
+
+    def info(self) -> dict:
+        """JSON-able description for ``metrics.json`` and the reference-statistics cache key."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "sha256": self.sha256,
+            "num_features": self.num_features,
+            "has_logits": self.has_logits,
+            "preprocessing": self.preprocessing(),
+        }
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+
+class TorchScriptInception(FeatureExtractor):
+    """The FID Inception as TorchScript: input ``[B, 3, 299, 299]`` in [-1, 1), output pool3 ``[B, 2048]``."""
+
+    name = "inception-v3-2015-12-05-pool3"
+    num_features = 2048
+    has_logits = False
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.net = torch.jit.load(str(self.path), map_location="cpu").eval()
+        self.sha256 = sha256_file(self.path)
+        self.source = f"TorchScript file {self.path.name}"
+
+    def forward(self, images: Tensor) -> tuple[Tensor, None]:
+        x = inception_input(images).to(self.device)
+        return self.net(x).reshape(x.shape[0], -1).float(), None
+
+
+class TorchFidelityInception(FeatureExtractor):
+    """torch-fidelity's ``FeatureExtractorInceptionV3``: pool3 ``[B, 2048]`` and unbiased logits ``[B, 1008]``
+    (None when the weights have no classifier)."""
+
+    name = "inception-v3-compat"
+    num_features = 2048
+    has_logits = True
+
+    def __init__(self, weights_path: str | os.PathLike | None = None) -> None:
+        super().__init__()
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        try:
+            self.net = FeatureExtractorInceptionV3(
+                "inception-v3-compat",
+                ["2048", "logits_unbiased"],
+                feature_extractor_weights_path=None if weights_path is None else str(weights_path),
+            )
+        except OSError as err:  # URLError is an OSError: no network
+            raise RuntimeError(
+                f"could not download the FID Inception weights ({err}); offline, give a local copy "
+                "instead, e.g. inception_weights=../shared/weights/inception-2015-12-05-pool3.torchscript.pt"
+            ) from err
+        if weights_path is None:
+            path = Path(torch.hub.get_dir()) / "checkpoints" / TORCH_FIDELITY_URL_NAME
+            self.source = "torch-fidelity download (standard weights)"
+        else:
+            path = Path(weights_path)
+            self.source = f"torch-fidelity FeatureExtractorInceptionV3, weights file {path.name}"
+        self.sha256 = sha256_file(path) if path.is_file() else None
+        # weights converted from the pool3-only TorchScript have a zero classifier: no logits
+        self.has_logits = bool(self.net.fc.weight.abs().sum() > 0)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        check_images(images)
+        if images.dtype != torch.uint8:
+            raise TypeError(f"expected uint8 images (use quantize first), got {images.dtype}")
+        feats, logits = self.net(to_rgb(images).to(self.device))
+        return feats.float(), logits.float() if self.has_logits else None
+
+
+def torch_fidelity_weights_from_torchscript(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The TorchScript FID Inception's weights in torch-fidelity's ``FeatureExtractorInceptionV3`` layout.
+
+    Both hold the same 94 conv + batch-norm layers in the same order (TensorFlow's batch norm has no scale:
+    gamma = 1). The TorchScript has no classifier, so ``fc`` is zero and the result gives no logits.
+    Save it with ``torch.save`` and pass the file to :func:`load_inception` or to torchmetrics'
+    ``feature_extractor_weights_path``.
+    """
+    import tempfile
+
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class _Skeleton(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True, assign=False):  # keep the random init
+            return None
+
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = Path(tmp) / "empty.pth"
+        torch.save({}, empty)
+        target = _Skeleton("skeleton", ["2048"], feature_extractor_weights_path=str(empty)).state_dict()
+    source = torch.jit.load(str(path), map_location="cpu").state_dict()
+    src_convs = [k[: -len(".weight")] for k in source if k.endswith(".weight")]
+    dst_convs = [k[: -len(".conv.weight")] for k in target if k.endswith(".conv.weight")]
+    if len(src_convs) != len(dst_convs):
+        raise ValueError(
+            f"{path}: {len(src_convs)} conv layers, torch-fidelity's Inception has {len(dst_convs)}"
+        )
+    out: dict[str, Tensor] = {}
+    for s, d in zip(src_convs, dst_convs):
+        w = source[f"{s}.weight"]
+        if w.shape != target[f"{d}.conv.weight"].shape:
+            raise ValueError(f"{path}: layer {s} has shape {tuple(w.shape)}, expected that of {d}")
+        out[f"{d}.conv.weight"] = w
+        out[f"{d}.bn.weight"] = torch.ones_like(source[f"{s}.beta"])
+        out[f"{d}.bn.bias"] = source[f"{s}.beta"]
+        out[f"{d}.bn.running_mean"] = source[f"{s}.mean"]
+        out[f"{d}.bn.running_var"] = source[f"{s}.var"]
+        out[f"{d}.bn.num_batches_tracked"] = torch.zeros((), dtype=torch.long)
+    out["fc.weight"] = torch.zeros_like(target["fc.weight"])
+    out["fc.bias"] = torch.zeros_like(target["fc.bias"])
+    return out
+
+
+def load_inception(
+    weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> FeatureExtractor:
+    """The FID Inception: downloaded through torch-fidelity if ``weights`` is None, else loaded from a file.
+
+    A TorchScript file gives :class:`TorchScriptInception`; a torch-fidelity state dict (``.pth``) gives
+    :class:`TorchFidelityInception`.
+    """
+    if weights is None:
+        return TorchFidelityInception(None).to(device)
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Inception weights not found at {str(path)!r}; give the TorchScript file "
+            "(e.g. ../shared/weights/inception-2015-12-05-pool3.torchscript.pt) or null to download them"
+        )
+    try:
+        extractor: FeatureExtractor = TorchScriptInception(path)
+    except RuntimeError:  # not TorchScript: a torch-fidelity state dict
+        extractor = TorchFidelityInception(path)
+    return extractor.to(device)
+
+
+@dataclass
+class FeatureSet:
+    """Features ``[N, D]`` float32 and logits ``[N, K]`` float32 (or None), on the CPU."""
+
+    features: Tensor
+    logits: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+
+def split_batch(batch) -> tuple[Tensor, Tensor | None]:
+    """A batch is images ``[B, C, H, W]`` or a pair ``(images, labels [B])``."""
+    if isinstance(batch, (tuple, list)):
+        if len(batch) != 2:
+            raise ValueError(f"a batch must be images or (images, labels), got a sequence of {len(batch)}")
+        images, labels = batch
+        return images, None if labels is None else torch.as_tensor(labels).reshape(-1).long().cpu()
+    return batch, None
+
+
+@torch.inference_mode()
+def extract_features(
+    batches: Iterable,
+    extractors: Mapping[str, FeatureExtractor],
+    *,
+    total: int | None = None,
+    progress: bool = True,
+    desc: str = "features",
+) -> tuple[dict[str, FeatureSet], Tensor | None]:
+    """Run every extractor over every batch once.
+
+    ``batches`` yields float images in [-1, 1] (quantised to uint8 first) or uint8 images, optionally paired
+    with labels. Returns ``({name: FeatureSet}, labels [N] or None)``; ``total`` (images) sizes the
+    progress bar.
+    """
+    if not extractors:
+        raise ValueError("extract_features needs at least one extractor")
+    feats: dict[str, list[Tensor]] = {k: [] for k in extractors}
+    logits: dict[str, list[Tensor]] = {k: [] for k in extractors}
+    labels: list[Tensor] = []
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for batch in batches:
+            images, y = split_batch(batch)
+            images = quantize(images)
+            for name, ext in extractors.items():
+                f, lg = ext(images)
+                feats[name].append(f.cpu())
+                if lg is not None:
+                    logits[name].append(lg.cpu())
+            if y is not None:
+                if y.shape[0] != images.shape[0]:
+                    raise ValueError(f"got {y.shape[0]} labels for {images.shape[0]} images")
+                labels.append(y)
+            bar.update(images.shape[0])
+    if not feats[next(iter(extractors))]:
+        raise ValueError("no images: the batch iterator was empty")
+    n_batches = len(feats[next(iter(extractors))])
+    if labels and len(labels) != n_batches:
+        raise ValueError("either every batch or no batch must carry labels")
+    out = {
+        name: FeatureSet(torch.cat(feats[name]), torch.cat(logits[name]) if logits[name] else None)
+        for name in extractors
+    }
+    return out, (torch.cat(labels) if labels else None)
