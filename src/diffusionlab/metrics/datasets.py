@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 from pathlib import Path
 
 from torch import Tensor
@@ -45,8 +46,8 @@ def load_split(
 ) -> tuple[Tensor, Tensor]:
     """All images and labels of one split: uint8 ``[N, C, H, W]`` in [0, 255] and int64 ``[N]``.
 
-    If ``data_dir`` is read-only and holds only MNIST's ``.gz`` files, they are linked into
-    ``cache_dir/datasets`` and extracted there.
+    If ``data_dir`` is read-only (or marked so) and holds only MNIST's ``.gz`` files, they are linked into
+    ``cache_dir/datasets`` and extracted there; ``data_dir`` is never written to then.
     """
     dataset = canonical_dataset(dataset)
     if split not in SPLITS:
@@ -56,13 +57,22 @@ def load_split(
 
 @functools.lru_cache(maxsize=8)
 def _load(dataset: str, split: str, data_dir: str, cache_dir: str) -> tuple[Tensor, Tensor]:
-    try:
-        return load_dataset(dataset, data_dir, train=split == "train")
+    train = split == "train"
+    try:  # already extracted (or CIFAR-10 pickles present): nothing to write
+        return load_dataset(dataset, data_dir, train=train, download=False)
     except DatasetNotFoundError:
-        if dataset not in _TORCHVISION_FOLDERS or os.access(data_dir, os.W_OK):
-            raise
-    mirror = _writable_mirror(Path(data_dir), Path(cache_dir) / "datasets", _TORCHVISION_FOLDERS[dataset])
-    return load_dataset(dataset, mirror, train=split == "train")
+        pass
+    folder = _TORCHVISION_FOLDERS.get(dataset)
+    raw = Path(data_dir) / folder / "raw" if folder else None
+    if raw is not None and raw.is_dir() and _read_only(raw):
+        mirror = _writable_mirror(Path(data_dir), Path(cache_dir) / "datasets", folder)
+        return load_dataset(dataset, mirror, train=train)
+    return load_dataset(dataset, data_dir, train=train)
+
+
+def _read_only(path: Path) -> bool:
+    """True if ``path`` is not writable, or is marked read-only (mode bits; root ignores them otherwise)."""
+    return not os.access(path, os.W_OK) or not (path.stat().st_mode & stat.S_IWUSR)
 
 
 def _writable_mirror(data_dir: Path, mirror: Path, folder: str) -> Path:

@@ -16,6 +16,7 @@ Every extractor takes uint8 images ``[B, C, H, W]`` in [0, 255] (see :mod:`.prep
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,9 @@ class TorchScriptInception(FeatureExtractor):
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__()
         self.path = Path(path)
-        self.net = torch.jit.load(str(self.path), map_location="cpu").eval()
+        with warnings.catch_warnings():  # "torch.jit.load is deprecated": still the way to read TorchScript
+            warnings.simplefilter("ignore", FutureWarning)
+            self.net = torch.jit.load(str(self.path), map_location="cpu").eval()
         self.sha256 = sha256_file(self.path)
         self.source = f"TorchScript file {self.path.name}"
 
@@ -154,7 +157,9 @@ def torch_fidelity_weights_from_torchscript(path: str | os.PathLike) -> dict[str
         empty = Path(tmp) / "empty.pth"
         torch.save({}, empty)
         target = _Skeleton("skeleton", ["2048"], feature_extractor_weights_path=str(empty)).state_dict()
-    source = torch.jit.load(str(path), map_location="cpu").state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        source = torch.jit.load(str(path), map_location="cpu").state_dict()
     src_convs = [k[: -len(".weight")] for k in source if k.endswith(".weight")]
     dst_convs = [k[: -len(".conv.weight")] for k in target if k.endswith(".conv.weight")]
     if len(src_convs) != len(dst_convs):
