@@ -27,7 +27,9 @@ def data_dir(tmp_path_factory) -> Path:
     """A writable data folder in torchvision's layout whose .gz files link to ../shared/datasets."""
     src = SHARED / "datasets"
     if not (src / "MNIST" / "raw").is_dir():
-        pytest.fail(f"real MNIST not found under {src}: put ../shared beside the checkout (or set DIFFUSIONLAB_SHARED)")
+        pytest.fail(
+            f"real MNIST not found under {src}: put ../shared beside the checkout (or set DIFFUSIONLAB_SHARED)"
+        )
     root = tmp_path_factory.mktemp("data")
     for name in ("MNIST", "FashionMNIST"):
         _link_dataset(src, root, name)
@@ -37,3 +39,14 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, data_dir) -> Path:
+    """A run folder from 6 real training steps of a tiny UNet on MNIST (checkpoints, EMA, config, grid)."""
+    from diffusionlab.cli.train import train
+    from tests.helpers import compose_cfg, train_overrides
+
+    out = tmp_path_factory.mktemp("runs") / "run1"
+    train(compose_cfg("train.yaml", train_overrides(data_dir, "trainer.max_steps=6"), out))
+    return out

@@ -9,8 +9,19 @@ import sys
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-# Errors a user causes with a bad value, path or file; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, KeyError, OmegaConfBaseException)
+from diffusionlab.diffusion.gaussian import NonFiniteLossError
+
+# Errors a user causes (bad value, path or file) or must act on (a diverged loss); anything else is a bug
+# and keeps its traceback.
+USER_ERRORS = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    PermissionError,
+    KeyError,
+    OmegaConfBaseException,
+    NonFiniteLossError,
+)
 
 
 def user_error_message(err: BaseException) -> str | None:

@@ -48,12 +48,28 @@ def sample(cfg: DictConfig) -> Path:
     opts = dict(cfg.sampler.get("opts") or {})
     opts.setdefault("clip_x0", 1.0) if run.decode is None else None
     frames_every = max(1, cfg.steps // cfg.gif_frames) if cfg.gif else 0
-    log.info("sampling %d images with %s, %d steps, guidance %.2f, seed %d", cfg.n, cfg.sampler.name, cfg.steps,
-             cfg.guidance, cfg.seed)
+    log.info(
+        "sampling %d images with %s, %d steps, guidance %.2f, seed %d",
+        cfg.n,
+        cfg.sampler.name,
+        cfg.steps,
+        cfg.guidance,
+        cfg.seed,
+    )
     images, trajectory = generate(
-        run.net, run.diffusion, run.sample_shape, labels=labels, n=cfg.n, sampler=cfg.sampler.name,
-        steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed, sampler_opts=opts, decode=run.decode,
-        trajectory_every=frames_every, device=device,
+        run.net,
+        run.diffusion,
+        run.sample_shape,
+        labels=labels,
+        n=cfg.n,
+        sampler=cfg.sampler.name,
+        steps=cfg.steps,
+        guidance=cfg.guidance,
+        seed=cfg.seed,
+        sampler_opts=opts,
+        decode=run.decode,
+        trajectory_every=frames_every,
+        device=device,
     )
     tag = f"{cfg.sampler.name}_{cfg.steps}steps_g{cfg.guidance:g}_seed{cfg.seed}"
     u8 = to_uint8(images)

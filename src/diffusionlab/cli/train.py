@@ -51,7 +51,7 @@ def _remember_wandb_id(loggers: list, ckpt_dir: Path) -> None:
 
     for lg in loggers:
         if type(lg).__name__ == "WandbLogger":
-            atomic_write_text(ckpt_dir / WANDB_ID_FILENAME, str(lg.version))
+            atomic_write_text(ckpt_dir / WANDB_ID_FILENAME, str(lg.experiment.id))
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

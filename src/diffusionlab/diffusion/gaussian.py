@@ -15,6 +15,10 @@ from diffusionlab.diffusion.schedule import NoiseSchedule, canonical_prediction
 Net = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
 
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf (the message gives the step)."""
+
+
 class GaussianDiffusion:
     """A noise schedule plus what the network predicts and how the loss is weighted.
 
@@ -40,7 +44,9 @@ class GaussianDiffusion:
         beta_end: float | None = None,
     ):
         if isinstance(schedule, str):
-            schedule = NoiseSchedule.from_name(schedule, num_timesteps, beta_start=beta_start, beta_end=beta_end)
+            schedule = NoiseSchedule.from_name(
+                schedule, num_timesteps, beta_start=beta_start, beta_end=beta_end
+            )
         self.schedule = schedule
         self.prediction = canonical_prediction(prediction)
         if min_snr_gamma is not None and min_snr_gamma <= 0:

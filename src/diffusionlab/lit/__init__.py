@@ -1,7 +1,8 @@
 """Lightning wrappers: the diffusion LightningModule, EMA, callbacks, checkpoint I/O."""
 
+from diffusionlab.diffusion.gaussian import NonFiniteLossError
 from diffusionlab.lit.callbacks import ExportEMACallback, SampleGridCallback
-from diffusionlab.lit.diffusion_module import DiffusionModule, NonFiniteLossError
+from diffusionlab.lit.diffusion_module import DiffusionModule
 from diffusionlab.lit.ema import EMA
 
 __all__ = ["DiffusionModule", "EMA", "ExportEMACallback", "NonFiniteLossError", "SampleGridCallback"]

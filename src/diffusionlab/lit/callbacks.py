@@ -56,7 +56,11 @@ class SampleGridCallback(Callback):
         if k is not None:
             labels = torch.arange(k).repeat_interleave(self.per_class)
             images, _ = pl_module.sample(
-                labels=labels, sampler=self.sampler, steps=self.steps, guidance=self.guidance, seed=self.seed,
+                labels=labels,
+                sampler=self.sampler,
+                steps=self.steps,
+                guidance=self.guidance,
+                seed=self.seed,
                 progress=False,
             )
             names = self.class_names or [str(i) for i in range(k)]

@@ -8,13 +8,9 @@ import torch
 from lightning import LightningModule
 from torch import Tensor, nn
 
-from diffusionlab.diffusion.gaussian import GaussianDiffusion
+from diffusionlab.diffusion.gaussian import GaussianDiffusion, NonFiniteLossError
 from diffusionlab.lit.ema import EMA
 from diffusionlab.pipelines import generate
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or inf."""
 
 
 class DiffusionModule(LightningModule):
@@ -110,7 +106,9 @@ class DiffusionModule(LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         try:
-            scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches)
+            scheduler = self.scheduler_factory(
+                optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches
+            )
         except TypeError:
             scheduler = self.scheduler_factory(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
