@@ -38,22 +38,62 @@ def sample_labels(spec, n: int, num_classes: int | None) -> torch.Tensor | None:
     return torch.tensor(classes).repeat((n + len(classes) - 1) // len(classes))[:n]
 
 
+SD_KEYS = (
+    "prompt",
+    "negative_prompt",
+    "mode",
+    "init_image",
+    "mask",
+    "strength",
+    "height",
+    "width",
+    "dtype",
+    "save_trajectory",
+)
+MODELS = ("sd15",)
+
+
+def sample_sd(cfg: DictConfig) -> Path:
+    """Stable Diffusion 1.5 through :func:`diffusionlab.sd.run.generate`; top-level keys override ``cfg.sd``."""
+    from diffusionlab.sd.run import generate as sd_generate
+
+    args = dict(cfg.sd)
+    args.update({k: cfg[k] for k in SD_KEYS if cfg.get(k) is not None})
+    args.update(sampler=cfg.sampler.name, seed=cfg.seed, n=cfg.n, device=cfg.device, out_dir=str(cfg.out_dir))
+    for k in ("steps", "guidance"):
+        if cfg.get(k) is not None:
+            args[k] = cfg[k]
+    if not args.get("checkpoint"):
+        raise ValueError("model=sd15 needs sd.checkpoint=<v1-5-pruned-emaonly.safetensors, .ckpt or diffusers folder>")
+    result = sd_generate(**args)
+    log.info("wrote %s", result.get("grid") or result)
+    return Path(result["grid"]) if result.get("grid") else Path(cfg.out_dir)
+
+
 def sample(cfg: DictConfig) -> Path:
     if cfg.n < 1:
         raise ValueError(f"n must be >= 1, got {cfg.n}")
     out_dir = check_writable_dir(cfg.out_dir)
+    if cfg.get("model") is not None:
+        if cfg.model not in MODELS:
+            raise ValueError(f"unknown model {cfg.model!r}; valid choices: null (a trained run, ckpt=...), sd15")
+        return sample_sd(cfg)
+    if cfg.get("ckpt") is None:
+        raise ValueError("give ckpt=<run folder> (a run written by train.py), or model=sd15 for Stable Diffusion")
+    steps = 50 if cfg.get("steps") is None else cfg.steps
+    guidance = 1.0 if cfg.get("guidance") is None else cfg.guidance
     device = pick_device(cfg.device)
     run = load_run(cfg.ckpt, device=device)
     labels = sample_labels(cfg.get("class"), cfg.n, getattr(run.net, "num_classes", None))
     opts = dict(cfg.sampler.get("opts") or {})
     opts.setdefault("clip_x0", 1.0) if run.decode is None else None
-    frames_every = max(1, cfg.steps // cfg.gif_frames) if cfg.gif else 0
+    frames_every = max(1, steps // cfg.gif_frames) if cfg.gif else 0
     log.info(
         "sampling %d images with %s, %d steps, guidance %.2f, seed %d",
         cfg.n,
         cfg.sampler.name,
-        cfg.steps,
-        cfg.guidance,
+        steps,
+        guidance,
         cfg.seed,
     )
     images, trajectory = generate(
@@ -63,15 +103,15 @@ def sample(cfg: DictConfig) -> Path:
         labels=labels,
         n=cfg.n,
         sampler=cfg.sampler.name,
-        steps=cfg.steps,
-        guidance=cfg.guidance,
+        steps=steps,
+        guidance=guidance,
         seed=cfg.seed,
         sampler_opts=opts,
         decode=run.decode,
         trajectory_every=frames_every,
         device=device,
     )
-    tag = f"{cfg.sampler.name}_{cfg.steps}steps_g{cfg.guidance:g}_seed{cfg.seed}"
+    tag = f"{cfg.sampler.name}_{steps}steps_g{guidance:g}_seed{cfg.seed}"
     u8 = to_uint8(images)
     grid_path = save_png(make_grid(u8, nrow=cfg.nrow), out_dir / f"grid_{tag}.png", scale=2)
     if cfg.save_individual:
