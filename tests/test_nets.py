@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -22,6 +23,8 @@ from diffusionlab.nets import (
     unet_from_diffusers,
     unet_kwargs_from_diffusers,
 )
+from diffusionlab.nets.attention import attention
+from diffusionlab.nets.blocks import GroupNorm
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 
@@ -81,13 +84,9 @@ def build_from_yaml(name: str, channels=1, num_classes=10, image_size=32, num_ti
 @pytest.mark.parametrize("kind", ["unet", "context"])
 def test_output_shape(kind, size, num_classes, t_dtype):
     if kind == "unet":
-        net = tiny_unet(
-            in_channels=3, num_classes=num_classes, image_size=size, attention_resolutions=(size // 2,)
-        )
+        net = tiny_unet(in_channels=3, num_classes=num_classes, image_size=size, attention_resolutions=(size // 2,))
     else:
-        net = ContextUnet(
-            in_channels=3, n_feat=16, num_classes=num_classes, image_size=size, num_timesteps=400
-        )
+        net = ContextUnet(in_channels=3, n_feat=16, num_classes=num_classes, image_size=size, num_timesteps=400)
     assert net.in_channels == 3 and net.num_classes == num_classes
     x = torch.randn(3, 3, size, size)
     t = torch.tensor([0, 7, 399]).to(t_dtype)
@@ -139,9 +138,7 @@ def test_small_presets_build_and_run(name, size, low, high):
 
 
 def test_unet_small_at_28_names_the_fix():
-    with pytest.raises(
-        (ValueError, InstantiationException), match=r"attention_resolutions \[8\].*\[28, 14, 7\]"
-    ):
+    with pytest.raises((ValueError, InstantiationException), match=r"attention_resolutions \[8\].*\[28, 14, 7\]"):
         build_from_yaml("unet_small", image_size=28)
 
 
@@ -345,3 +342,39 @@ def test_diffusers_config_we_cannot_reproduce_is_refused():
         unet_kwargs_from_diffusers(
             diffusers_config(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"))
         )
+
+
+@pytest.mark.parametrize("silu", [False, True])
+def test_groupnorm_bf16_channels_last_fast_path_matches_float32(silu):
+    ref = perturb(torch.nn.GroupNorm(8, 32, eps=1e-6))
+    ours = GroupNorm(8, 32, eps=1e-6, silu=silu)
+    ours.load_state_dict(ref.state_dict())
+    x = (3 + 2 * torch.randn(4, 32, 8, 8)).to(torch.bfloat16)  # mean far from 0: stats must be accurate
+    grad = torch.randn(4, 32, 8, 8).to(torch.bfloat16)
+    x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = ours(x_cl)
+    out.backward(grad.contiguous(memory_format=torch.channels_last))
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    assert x_cl.grad.is_contiguous(memory_format=torch.channels_last)
+    x32 = x.float().requires_grad_()
+    expected = ref(x32)
+    expected = F.silu(expected) if silu else expected
+    expected.backward(grad.float())
+    torch.testing.assert_close(out.float(), expected, atol=3e-2, rtol=2e-2)
+    torch.testing.assert_close(x_cl.grad.float(), x32.grad, atol=3e-2, rtol=3e-2)
+    w_grad, b_grad = ours.weight.grad, ours.bias.grad
+    ref_w, ref_b = ref.weight.grad, ref.bias.grad
+    torch.testing.assert_close(w_grad, ref_w, atol=0.1, rtol=2e-2)
+    torch.testing.assert_close(b_grad, ref_b, atol=0.1, rtol=2e-2)
+
+
+def test_attention_bf16_training_path_matches_sdpa():
+    q, k, v = (torch.randn(2, 2, 64, 16, requires_grad=True) for _ in range(3))
+    expected = F.scaled_dot_product_attention(q, k, v)
+    grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
+    qb, kb, vb = (a.detach().to(torch.bfloat16).requires_grad_() for a in (q, k, v))
+    got = attention(qb, kb, vb)  # bf16 + grad enabled on CPU: the matmul + softmax path
+    got_grads = torch.autograd.grad(got.float().square().sum(), (qb, kb, vb))
+    torch.testing.assert_close(got.float(), expected, atol=3e-2, rtol=3e-2)
+    for g, e in zip(got_grads, grads):
+        torch.testing.assert_close(g.float(), e, atol=6e-2, rtol=5e-2)

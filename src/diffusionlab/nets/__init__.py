@@ -11,6 +11,7 @@ Both expose ``in_channels`` and ``num_classes`` (``None`` when unconditional); c
 from diffusionlab.nets.context_unet import ContextUnet
 from diffusionlab.nets.diffusers_compat import (
     convert_unet2d_state_dict,
+    diffusers_unet2d_config,
     unet_from_diffusers,
     unet_kwargs_from_diffusers,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "UNet",
     "convert_unet2d_state_dict",
     "count_parameters",
+    "diffusers_unet2d_config",
     "unet_from_diffusers",
     "unet_kwargs_from_diffusers",
 ]

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusionlab.nets.blocks import GroupNorm
 from diffusionlab.nets.embeddings import EmbedFC
 from diffusionlab.nets.inputs import check_image, prepare_labels, prepare_timesteps
 
@@ -48,9 +49,7 @@ class UnetDown(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__()
-        self.model = nn.Sequential(
-            ResidualConvBlock(in_ch, out_ch), ResidualConvBlock(out_ch, out_ch), nn.MaxPool2d(2)
-        )
+        self.model = nn.Sequential(ResidualConvBlock(in_ch, out_ch), ResidualConvBlock(out_ch, out_ch), nn.MaxPool2d(2))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -105,8 +104,7 @@ class ContextUnet(nn.Module):
             raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
         if not isinstance(image_size, int) or image_size < 4 or image_size % 4:
             raise ValueError(
-                f"ContextUnet needs image_size divisible by 4 (two 2x poolings), got {image_size!r}; "
-                "28 and 32 work"
+                f"ContextUnet needs image_size divisible by 4 (two 2x poolings), got {image_size!r}; 28 and 32 work"
             )
         self.in_channels = in_channels
         self.n_feat = n_feat
@@ -126,14 +124,14 @@ class ContextUnet(nn.Module):
             self.contextembed2 = EmbedFC(num_classes, n_feat)
         self.up0 = nn.Sequential(
             nn.ConvTranspose2d(2 * n_feat, 2 * n_feat, bottleneck, bottleneck),
-            nn.GroupNorm(8, 2 * n_feat),
+            GroupNorm(8, 2 * n_feat),
             nn.ReLU(),
         )
         self.up1 = UnetUp(4 * n_feat, n_feat)
         self.up2 = UnetUp(2 * n_feat, n_feat)
         self.out = nn.Sequential(
             nn.Conv2d(2 * n_feat, n_feat, 3, 1, 1),
-            nn.GroupNorm(8, n_feat),
+            GroupNorm(8, n_feat),
             nn.ReLU(),
             nn.Conv2d(n_feat, in_channels, 3, 1, 1),
         )

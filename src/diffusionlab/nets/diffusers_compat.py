@@ -6,10 +6,12 @@ blocks, positional time embedding with ``freq_shift=1``, conv resampling, defaul
 weight. Anything else raises ``ValueError`` naming the unsupported setting.
 
     net = unet_from_diffusers(dict(model.config), model.state_dict())
+    model = UNet2DModel(**diffusers_unet2d_config(**unet_kwargs))  # the same architecture, for comparisons
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Mapping
 
@@ -81,16 +83,12 @@ def unet_kwargs_from_diffusers(config: Mapping) -> dict:
     config = {**_DEFAULTS, **config}
     for key, allowed in _REQUIRED.items():
         if config[key] not in allowed:
-            raise ValueError(
-                f"diffusers config {key}={config[key]!r} is not supported; supported: {list(allowed)}"
-            )
+            raise ValueError(f"diffusers config {key}={config[key]!r} is not supported; supported: {list(allowed)}")
     down, up = list(config["down_block_types"]), list(config["up_block_types"])
     for kind, table, types in (("down", _DOWN, down), ("up", _UP, up)):
         bad = [b for b in types if b not in table]
         if bad:
-            raise ValueError(
-                f"diffusers {kind}_block_types {bad} are not supported; supported: {list(table)}"
-            )
+            raise ValueError(f"diffusers {kind}_block_types {bad} are not supported; supported: {list(table)}")
     attn_levels = [_DOWN[b] for b in down]
     if [_UP[b] for b in reversed(up)] != attn_levels:
         raise ValueError(f"up_block_types {up} must mirror down_block_types {down}")
@@ -100,14 +98,10 @@ def unet_kwargs_from_diffusers(config: Mapping) -> dict:
         raise ValueError(f"block_out_channels {widths} must be multiples of the first entry")
     temb = config["time_embedding_dim"]
     if temb not in (None, 4 * base):
-        raise ValueError(
-            f"time_embedding_dim={temb} is not supported; only 4 * block_out_channels[0] = {4 * base}"
-        )
+        raise ValueError(f"time_embedding_dim={temb} is not supported; only 4 * block_out_channels[0] = {4 * base}")
     groups = config["norm_num_groups"]
     if config["attn_norm_num_groups"] not in (None, groups):
-        raise ValueError(
-            f"attn_norm_num_groups={config['attn_norm_num_groups']} must equal norm_num_groups={groups}"
-        )
+        raise ValueError(f"attn_norm_num_groups={config['attn_norm_num_groups']} must equal norm_num_groups={groups}")
     size = config["sample_size"]
     if isinstance(size, (list, tuple)):
         if len(set(size)) != 1:
@@ -129,6 +123,34 @@ def unet_kwargs_from_diffusers(config: Mapping) -> dict:
         norm_groups=groups,
         norm_eps=config["norm_eps"],
         mid_attention=config["add_attention"],
+    )
+
+
+def diffusers_unet2d_config(**unet_kwargs) -> dict:
+    """The ``UNet2DModel`` config (a dict for ``UNet2DModel(**config)``) of the same architecture as
+    ``UNet(**unet_kwargs)``; the inverse of :func:`unet_kwargs_from_diffusers`."""
+    kw = {name: p.default for name, p in inspect.signature(UNet).parameters.items() if p.default is not p.empty}
+    kw.update(unet_kwargs)
+    if kw["head_dim"] is None and kw["num_heads"] != 1:
+        raise ValueError("diffusers sets attention heads by head size: give head_dim instead of num_heads")
+    size, mult = kw["image_size"], tuple(kw["channel_mult"])
+    attn = [size // 2**i in tuple(kw["attention_resolutions"]) for i in range(len(mult))]
+    return dict(
+        sample_size=size,
+        in_channels=kw["in_channels"],
+        out_channels=kw["out_channels"] or kw["in_channels"],
+        block_out_channels=tuple(kw["base_channels"] * m for m in mult),
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        layers_per_block=kw["num_res_blocks"],
+        attention_head_dim=kw["head_dim"],
+        norm_num_groups=kw["norm_groups"],
+        norm_eps=kw["norm_eps"],
+        dropout=kw["dropout"],
+        num_class_embeds=None if kw["num_classes"] is None else kw["num_classes"] + 1,
+        freq_shift=1,
+        flip_sin_to_cos=False,
+        add_attention=kw["mid_attention"],
     )
 
 
@@ -156,7 +178,5 @@ def convert_unet2d_state_dict(state_dict: Mapping[str, Tensor], flip_sin_to_cos:
 def unet_from_diffusers(config: Mapping, state_dict: Mapping[str, Tensor]) -> UNet:
     """Build a :class:`UNet` from a ``UNet2DModel`` config and state dict (strict load: mismatches raise)."""
     net = UNet(**unet_kwargs_from_diffusers(config))
-    net.load_state_dict(
-        convert_unet2d_state_dict(state_dict, bool({**_DEFAULTS, **config}["flip_sin_to_cos"]))
-    )
+    net.load_state_dict(convert_unet2d_state_dict(state_dict, bool({**_DEFAULTS, **config}["flip_sin_to_cos"])))
     return net

@@ -25,9 +25,7 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Te
     if dim < 4:
         raise ValueError(f"sinusoidal embedding dim must be >= 4, got {dim}")
     half = dim // 2
-    freqs = torch.exp(
-        torch.arange(half, dtype=torch.float32, device=t.device) * (-math.log(max_period) / (half - 1))
-    )
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * (-math.log(max_period) / (half - 1)))
     args = t.float()[:, None] * freqs[None, :]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
     return F.pad(emb, (0, 1)) if dim % 2 else emb

@@ -19,8 +19,7 @@ def check_image(x: Tensor, in_channels: int) -> None:
         return
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError(
-            f"x_t must be a floating-point tensor [B, C, H, W], got {type(x).__name__} "
-            f"{getattr(x, 'dtype', '')}"
+            f"x_t must be a floating-point tensor [B, C, H, W], got {type(x).__name__} {getattr(x, 'dtype', '')}"
         )
     if x.ndim != 4 or x.shape[1] != in_channels:
         raise ValueError(f"x_t must have shape [B, {in_channels}, H, W], got {list(x.shape)}")
@@ -43,9 +42,7 @@ def prepare_timesteps(t: Tensor | int | float, batch: int, device: torch.device)
     return t.to(device).reshape(-1).expand(batch)
 
 
-def prepare_labels(
-    y: Tensor | None, batch: int, num_classes: int | None, device: torch.device
-) -> Tensor | None:
+def prepare_labels(y: Tensor | None, batch: int, num_classes: int | None, device: torch.device) -> Tensor | None:
     """Return class labels as a ``[batch]`` long tensor with values in ``[0, num_classes]``.
 
     ``num_classes`` is the null class (classifier-free guidance); ``y=None`` means the null class for

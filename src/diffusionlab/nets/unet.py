@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusionlab.nets.attention import SelfAttention2d
-from diffusionlab.nets.blocks import Downsample, ResBlock, Upsample
+from diffusionlab.nets.blocks import Downsample, GroupNorm, ResBlock, Upsample
 from diffusionlab.nets.embeddings import TimeEmbedding
 from diffusionlab.nets.inputs import check_image, prepare_labels, prepare_timesteps
 
@@ -42,9 +42,7 @@ class _Level(nn.Module):
 class _Middle(nn.Module):
     """``res1 -> attn -> res2`` at the lowest resolution (``attn`` is ``None`` when disabled)."""
 
-    def __init__(
-        self, ch: int, temb_dim: int, dropout: float, groups: int, eps: float, heads: int, attention: bool
-    ):
+    def __init__(self, ch: int, temb_dim: int, dropout: float, groups: int, eps: float, heads: int, attention: bool):
         super().__init__()
         self.res1 = ResBlock(ch, ch, temb_dim, dropout, groups, eps)
         self.attn = SelfAttention2d(ch, heads, groups, eps) if attention else None
@@ -139,9 +137,7 @@ class UNet(nn.Module):
             if head_dim is None:
                 return num_heads
             if ch % head_dim:
-                raise ValueError(
-                    f"head_dim={head_dim} must divide every attention layer's channels, got {ch}"
-                )
+                raise ValueError(f"head_dim={head_dim} must divide every attention layer's channels, got {ch}")
             return ch // head_dim
 
         temb_dim = 4 * base_channels
@@ -187,7 +183,7 @@ class UNet(nn.Module):
                     Upsample(ch) if i > 0 else None,
                 )
             )
-        self.norm_out = nn.GroupNorm(norm_groups, ch, eps=norm_eps)
+        self.norm_out = GroupNorm(norm_groups, ch, eps=norm_eps, silu=True)
         self.conv_out = nn.Conv2d(ch, self.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
@@ -201,14 +197,12 @@ class UNet(nn.Module):
             pad = -(-size // f) * f
             fits = max(k for k in range(1, levels + 1) if size % 2 ** (k - 1) == 0)
             hint = (
-                f"pad the images to {pad} (MNIST: data.image_size=32) or use a channel_mult with at most "
-                f"{fits} levels"
+                f"pad the images to {pad} (MNIST: data.image_size=32) or use a channel_mult with at most {fits} levels"
             )
         else:
             hint = f"use a positive multiple of {f}"
         raise ValueError(
-            f"{what}={size!r} is not divisible by {f} = 2**{levels - 1} "
-            f"(channel_mult has {levels} levels): {hint}"
+            f"{what}={size!r} is not divisible by {f} = 2**{levels - 1} (channel_mult has {levels} levels): {hint}"
         )
 
     def forward(self, x: Tensor, t: Tensor | int | float, y: Tensor | None = None) -> Tensor:
@@ -242,4 +236,4 @@ class UNet(nn.Module):
                     h = level.attn[j](h)
             if level.resample is not None:
                 h = level.resample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h))

@@ -1,0 +1,280 @@
+"""Training speed and memory of our denoising nets against diffusers' UNet2DModel of the same architecture.
+
+    python benchmarks/bench_unet.py            # eager cells + torch.compile for bf16/channels_last (~30 min)
+    python benchmarks/bench_unet.py --quick    # channels_last only, 2 timed steps, no compile (~4 min)
+
+Models: the default MNIST model ``configs/model/unet_small.yaml`` at 32x32 (diffusers' ``UNet2DModel`` built
+from :func:`diffusionlab.nets.diffusers_unet2d_config`, asserted to have the same parameter count) and
+``configs/model/context_unet.yaml`` at 28x28 (no diffusers counterpart: no ratio).
+
+One training step = forward + MSE loss + backward + AdamW step (``fused=True``, the same for both) on a random
+batch (content does not change the cost). Every (model, precision, channels_last, compile) cell runs in its own
+subprocess, ours and diffusers' one after the other. Two rates per cell:
+
+* ``img/s``: wall clock, batch / median step time;
+* ``img/cpu-s``: batch / median CPU time of the step (``time.process_time``). On a machine shared with other
+  jobs this is the stable number (wall time includes the time the scheduler gave to others); with one thread
+  (the default, ``--threads``) it is the single-core speed. Ratios use it.
+
+``fwd img/s``: inference forward pass (eval mode, ``torch.inference_mode``), the cost per sampling step.
+
+Peak memory: after building the model, batch and optimizer the subprocess resets its peak-RSS counter
+(``echo 5 > /proc/self/clear_refs``) and reports ``VmHWM - VmRSS`` from ``/proc/self/status`` after the
+training steps: the extra resident memory of training (activations, gradients, optimizer state).
+``tracemalloc`` cannot be used: PyTorch's CPU allocator bypasses Python's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_CONFIGS = ROOT / "configs" / "model"
+DATA = {  # what the default MNIST data config gives the model configs
+    "unet_small": {"channels": 1, "num_classes": 10, "image_size": 32},
+    "context_unet": {"channels": 1, "num_classes": 10, "image_size": 28},
+}
+NUM_TIMESTEPS = 400
+
+
+# ----------------------------------------------------------------------------------------------- worker
+
+
+def build(model: str, impl: str):
+    """``(net, forward)`` where ``forward(x, t, y) -> eps`` for ``impl`` in ``ours`` / ``diffusers``."""
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    root = OmegaConf.create(
+        {
+            "data": DATA[model],
+            "diffusion": {"num_timesteps": NUM_TIMESTEPS},
+            "model": OmegaConf.load(MODEL_CONFIGS / f"{model}.yaml"),
+        }
+    )
+    if impl == "ours":
+        net = instantiate(root.model)
+        return net, lambda x, t, y: net(x, t, y)
+    from diffusers import UNet2DModel
+
+    from diffusionlab.nets import count_parameters, diffusers_unet2d_config
+
+    kwargs = OmegaConf.to_container(root.model, resolve=True)
+    kwargs.pop("_target_")
+    net = UNet2DModel(**diffusers_unet2d_config(**kwargs))
+    with torch.device("meta"):
+        ours = instantiate(root.model)
+    if count_parameters(net) != count_parameters(ours):
+        raise RuntimeError(f"diffusers model has {count_parameters(net)} parameters, ours {count_parameters(ours)}")
+    return net, lambda x, t, y: net(x, t, class_labels=y, return_dict=False)[0]
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def worker(spec: dict) -> dict:
+    """Run one cell in this process and return its measurements."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    net, forward = build(spec["model"], spec["impl"])
+    size, batch = DATA[spec["model"]]["image_size"], spec["batch"]
+    x = torch.randn(batch, 1, size, size)
+    target = torch.randn_like(x)
+    t = torch.randint(0, NUM_TIMESTEPS, (batch,))
+    y = torch.randint(0, DATA[spec["model"]]["num_classes"] + 1, (batch,))
+    if spec["channels_last"]:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    if spec["compile"]:
+        forward = torch.compile(forward)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
+    bf16 = spec["precision"] == "bf16"
+
+    def train_step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.mse_loss(forward(x, t, y).float(), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def timed(fn, n):
+        wall, cpu = [], []
+        for _ in range(n):
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall.append(time.perf_counter() - w0)
+            cpu.append(time.process_time() - c0)
+        return statistics.median(wall), statistics.median(cpu)
+
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        peak_reset = True
+    except OSError:  # not allowed: VmHWM is then the lifetime peak (an upper bound)
+        peak_reset = False
+    base = _status_kb("VmRSS")
+    net.train()
+    w0 = time.perf_counter()
+    for _ in range(spec["warmup"]):
+        train_step()
+    warmup_s = time.perf_counter() - w0
+    wall, cpu = timed(train_step, spec["steps"])
+    peak_mb = (_status_kb("VmHWM") - base) / 1024
+    net.eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        forward(x, t, y)
+        fwd_wall, fwd_cpu = timed(lambda: forward(x, t, y), spec["steps"])
+    return {
+        "images_per_s": batch / wall,
+        "images_per_cpu_s": batch / cpu,
+        "fwd_images_per_s": batch / fwd_wall,
+        "peak_mb": peak_mb,
+        "peak_reset": peak_reset,
+        "warmup_s": warmup_s,
+    }
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+def run_cell(spec: dict, timeout: float) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p),
+    }
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout:.0f} s"}
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1][:150]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _num(r: dict | None, key: str, pattern: str) -> str:
+    if r is None:
+        return "-"
+    if "error" in r:
+        return "error"
+    return pattern.format(r[key])
+
+
+def print_table(rows: list[dict], header_note: str) -> None:
+    cols = (
+        f"{'model':<12} {'prec':<4} {'ch_last':<7} {'compile':<7} | {'img/s':>6} {'img/cpu-s':>9} {'fwd img/s':>9} "
+        f"{'MB':>5} | {'img/s':>6} {'img/cpu-s':>9} {'fwd img/s':>9} {'MB':>5} | {'ratio':>5} {'fwd':>5} {'mem':>5}"
+    )
+    print(header_note)
+    print(f"{'':<35} | {'ours':^33} | {'diffusers UNet2DModel':^33} | {'ours / diffusers':^17}")
+    print(cols)
+    print("-" * len(cols))
+    for row in rows:
+        ours, theirs = row["ours"], row["diffusers"]
+        ratio = fwd = mem = "-"
+        if theirs and "error" not in theirs and "error" not in ours:
+            ratio = f"{ours['images_per_cpu_s'] / theirs['images_per_cpu_s']:.2f}"
+            fwd = f"{ours['fwd_images_per_s'] / theirs['fwd_images_per_s']:.2f}"
+            mem = f"{ours['peak_mb'] / theirs['peak_mb']:.2f}"
+        cells = []
+        for r in (ours, theirs):
+            cells.append(
+                f"{_num(r, 'images_per_s', '{:.1f}'):>6} {_num(r, 'images_per_cpu_s', '{:.1f}'):>9} "
+                f"{_num(r, 'fwd_images_per_s', '{:.1f}'):>9} {_num(r, 'peak_mb', '{:.0f}'):>5}"
+            )
+        print(
+            f"{row['model']:<12} {row['precision']:<4} {str(row['channels_last']):<7} {str(row['compile']):<7} | "
+            f"{cells[0]} | {cells[1]} | {ratio:>5} {fwd:>5} {mem:>5}"
+        )
+        for name, r in (("ours", ours), ("diffusers", theirs)):
+            if r and "error" in r:
+                print(f"    {name}: {r['error']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="channels_last only, 2 timed steps, no compile")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per cell (default 5, quick 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1, see above)")
+    parser.add_argument(
+        "--compile",
+        choices=["auto", "all", "off"],
+        default="auto",
+        help="auto: torch.compile only for bf16 + channels_last (off with --quick); all: every cell",
+    )
+    parser.add_argument("--models", nargs="+", default=list(DATA), choices=list(DATA))
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    from tqdm import tqdm
+
+    steps = args.steps or (2 if args.quick else 5)
+    layouts = (True,) if args.quick else (False, True)
+    cells = [(m, p, cl, False) for m in args.models for p in ("fp32", "bf16") for cl in layouts]
+    if args.compile == "all":
+        cells += [(m, p, cl, True) for (m, p, cl, _) in list(cells)]
+    elif args.compile == "auto" and not args.quick:
+        cells += [(m, "bf16", True, True) for m in args.models]
+    jobs = [
+        (cell, impl) for cell in cells for impl in ("ours", "diffusers") if cell[0] != "context_unet" or impl == "ours"
+    ]
+    results: dict[tuple, dict] = {}
+    for cell, impl in tqdm(jobs, desc="benchmark runs", unit="run"):
+        model, precision, cl, comp = cell
+        spec = dict(
+            model=model,
+            impl=impl,
+            precision=precision,
+            channels_last=cl,
+            compile=comp,
+            batch=args.batch,
+            steps=steps,
+            warmup=2 if comp else 1,
+            threads=args.threads,
+        )
+        results[(cell, impl)] = run_cell(spec, timeout=2400 if comp else 900)
+    rows = [
+        {
+            "model": m,
+            "precision": p,
+            "channels_last": cl,
+            "compile": c,
+            "ours": results[((m, p, cl, c), "ours")],
+            "diffusers": results.get(((m, p, cl, c), "diffusers")),
+        }
+        for (m, p, cl, c) in cells
+    ]
+    import torch
+
+    print_table(
+        rows,
+        f"\ntraining step (fwd + bwd + AdamW), batch {args.batch}, {args.threads} thread(s), median of {steps} "
+        f"steps, torch {torch.__version__}; MB = peak RSS increase during training; ratios from img/cpu-s",
+    )
+    if args.json:
+        sys.path.insert(0, str(ROOT / "src"))
+        from diffusionlab.utils.io import atomic_write_json
+
+        atomic_write_json(args.json, rows)
+
+
+if __name__ == "__main__":
+    main()
