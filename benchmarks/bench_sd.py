@@ -2,6 +2,7 @@
 
     python benchmarks/bench_sd.py            # one UNet step at 64x64 latents, float32 and bfloat16
     python benchmarks/bench_sd.py --e2e      # also seconds per 512x512 image, 20 steps (slow: minutes)
+    python benchmarks/bench_sd.py --skip-unet --e2e --e2e-size 256 --e2e-steps 2   # smoke test
 
 SD 1.5 weights are not on this machine: random weights of the exact SD 1.5 architecture are written once
 (``--weights``, an original-layout .safetensors, 4.3 GB) and both implementations load the same tensors
@@ -129,11 +130,14 @@ def e2e_worker(spec: dict) -> dict:
     from diffusionlab.sd.pipeline import StableDiffusion
 
     sd = StableDiffusion.from_single_file(spec["weights"])
-    latents = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(0))
+    size, steps = spec["size"], spec["steps"]
+    latents = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))
     prompt = "an astronaut riding a horse"
     if spec["impl"] == "ours":
         t0 = time.perf_counter()
-        images = sd.txt2img(prompt, steps=20, sampler="dpmpp_2m", latents=latents, progress=False).images
+        images = sd.txt2img(
+            prompt, steps=steps, sampler="dpmpp_2m", latents=latents, height=size, width=size, progress=False
+        ).images
     else:
         import diffusers
         from accelerate import init_empty_weights
@@ -151,9 +155,7 @@ def e2e_worker(spec: dict) -> dict:
                 layers_per_block=2,
             )
             text = CLIPTextModel(
-                CLIPTextConfig(
-                    hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12
-                )
+                CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12)
             )
         for name, ref in (("unet", unet), ("vae", vae), ("text_encoder", text)):
             sd_ours = getattr(sd, name).state_dict()
@@ -174,7 +176,13 @@ def e2e_worker(spec: dict) -> dict:
         pipe.set_progress_bar_config(disable=True)
         t0 = time.perf_counter()
         images = pipe(
-            prompt, num_inference_steps=20, guidance_scale=7.5, latents=latents, output_type="pt"
+            prompt,
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            latents=latents,
+            height=size,
+            width=size,
+            output_type="pt",
         ).images
     seconds = time.perf_counter() - t0
     torch.save(images.float(), spec["out"])
@@ -192,14 +200,15 @@ def run_cell(kind: str, spec: dict) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--weights", type=Path, default=Path(tempfile.gettempdir()) / "diffusionlab-sd15-random.safetensors"
-    )
+    p.add_argument("--weights", type=Path, default=Path(tempfile.gettempdir()) / "diffusionlab-sd15-random.safetensors")
     p.add_argument("--steps", type=int, default=3, help="timed UNet steps per cell (after one warm-up)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", nargs="+", default=list(DTYPES), choices=DTYPES)
-    p.add_argument("--e2e", action="store_true", help="also time a 512x512 image with 20 DPM++ 2M steps")
+    p.add_argument("--e2e", action="store_true", help="also time one image end to end (DPM++ 2M, float32)")
+    p.add_argument("--e2e-size", type=int, default=512)
+    p.add_argument("--e2e-steps", type=int, default=20)
+    p.add_argument("--skip-unet", action="store_true", help="only the end-to-end timing")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -215,7 +224,7 @@ def main() -> None:
         make_weights(args.weights)
     results: dict = {"unet_step": {}, "e2e": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for prec in args.precision:
+        for prec in [] if args.skip_unet else args.precision:
             best: dict = {}
             for _ in range(args.repeats):
                 for impl in ("ours", "diffusers"):
@@ -224,9 +233,7 @@ def main() -> None:
                     r = run_cell("unet", spec)
                     if impl not in best or r["seconds"] < best[impl]["seconds"]:
                         best[impl] = r
-            diff = (
-                (torch.load(f"{tmp}/ours-{prec}.pt") - torch.load(f"{tmp}/diffusers-{prec}.pt")).abs().max()
-            )
+            diff = (torch.load(f"{tmp}/ours-{prec}.pt") - torch.load(f"{tmp}/diffusers-{prec}.pt")).abs().max()
             best["time_ratio"] = best["ours"]["seconds"] / best["diffusers"]["seconds"]
             best["max_abs_diff"] = float(diff)
             results["unet_step"][prec] = best
@@ -239,15 +246,15 @@ def main() -> None:
             )
         if args.e2e:
             for impl in ("ours", "diffusers"):
-                spec = dict(
-                    weights=str(args.weights), impl=impl, threads=args.threads, out=f"{tmp}/e2e-{impl}.pt"
-                )
+                spec = dict(weights=str(args.weights), impl=impl, threads=args.threads, out=f"{tmp}/e2e-{impl}.pt")
+                spec.update(size=args.e2e_size, steps=args.e2e_steps)
                 results["e2e"][impl] = run_cell("e2e", spec)
             diff = (torch.load(f"{tmp}/e2e-ours.pt") - torch.load(f"{tmp}/e2e-diffusers.pt")).abs().max()
             results["e2e"]["max_abs_diff"] = float(diff)
             e2e = results["e2e"]
             print(
-                f"512x512, 20 steps, float32: ours {e2e['ours']['seconds']:.1f} s/image, diffusers "
+                f"{args.e2e_size}x{args.e2e_size}, {args.e2e_steps} steps, float32: ours "
+                f"{e2e['ours']['seconds']:.1f} s/image, diffusers "
                 f"{e2e['diffusers']['seconds']:.1f} s/image, max |diff| {float(diff):.2e}",
                 flush=True,
             )

@@ -9,8 +9,8 @@ names of one block, with placeholders filled in for every position the ``scope``
 residual block, ...), and ``leaves``, the rows ``(ours, compvis, diffusers[, transform])`` naming the
 layers inside that block. Any cell may be a tuple: the first name is written, all are read (old diffusers
 files name the VAE attention ``query``/``key``/``value``/``proj_attn``; transformers 5 drops the text
-tower's ``text_model.`` level). ``transform``
-``"conv1x1"`` marks a linear weight that CompVis stores as a 1x1 convolution (``[C, C, 1, 1]``).
+tower's ``text_model.`` level). ``transform`` ``"conv1x1"`` marks a linear weight that CompVis stores as
+a 1x1 convolution (``[C, C, 1, 1]``).
 """
 
 from __future__ import annotations
@@ -205,37 +205,23 @@ VAE_BLOCKS = [
     ("decoder.conv_out", "decoder.conv_out", "decoder.conv_out", "once", PLAIN),
 ]
 
+
 # transformers < 5 (and the original checkpoints) nest the text tower under "text_model.", 5.x does not.
-_TM = ("text_model.", "")
+def _tm(path: str) -> tuple[str, str]:
+    return ("text_model." + path, path)
+
+
 TEXT_ENCODER_BLOCKS = [
-    (
-        "token_embedding",
-        tuple(p + "embeddings.token_embedding" for p in _TM),
-        tuple(p + "embeddings.token_embedding" for p in _TM),
-        "once",
-        PLAIN,
-    ),
+    ("token_embedding", _tm("embeddings.token_embedding"), _tm("embeddings.token_embedding"), "once", PLAIN),
     (
         "position_embedding",
-        tuple(p + "embeddings.position_embedding" for p in _TM),
-        tuple(p + "embeddings.position_embedding" for p in _TM),
+        _tm("embeddings.position_embedding"),
+        _tm("embeddings.position_embedding"),
         "once",
         PLAIN,
     ),
-    (
-        "layers.{n}",
-        tuple(p + "encoder.layers.{n}" for p in _TM),
-        tuple(p + "encoder.layers.{n}" for p in _TM),
-        "layer",
-        CLIP_LAYER,
-    ),
-    (
-        "final_norm",
-        tuple(p + "final_layer_norm" for p in _TM),
-        tuple(p + "final_layer_norm" for p in _TM),
-        "once",
-        PLAIN,
-    ),
+    ("layers.{n}", _tm("encoder.layers.{n}"), _tm("encoder.layers.{n}"), "layer", CLIP_LAYER),
+    ("final_norm", _tm("final_layer_norm"), _tm("final_layer_norm"), "once", PLAIN),
 ]
 
 BLOCKS = {"unet": UNET_BLOCKS, "vae": VAE_BLOCKS, "text_encoder": TEXT_ENCODER_BLOCKS}
