@@ -6,6 +6,7 @@ A run folder ``<run>/`` holds ``checkpoints/{last.ckpt, ema.safetensors, config.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from diffusionlab.nets.autoencoder import AUTOENCODER_FILENAME, decode_latents, load_autoencoder
 from diffusionlab.utils.checkpoints import CheckpointError, check_state_dict_keys
 from diffusionlab.utils.io import atomic_write_text
 
@@ -86,6 +88,7 @@ class LoadedRun:
     global_step: int
     decode: object = None  # latent models: latents -> images in [-1, 1]
     sample_shape: tuple[int, int, int] | None = None
+    autoencoder: torch.nn.Module | None = None  # latent models: the frozen autoencoder behind ``decode``
 
 
 def load_ema_state(ckpt_dir: Path) -> tuple[dict, int]:
@@ -118,6 +121,14 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
         raise CheckpointError(f"{ckpt_dir / EMA_FILENAME} does not fit the network: {err}") from None
     net.to(device).eval()
     shape = (net.in_channels, net.image_size, net.image_size)
-    return LoadedRun(
-        net=net, diffusion=diffusion, cfg=cfg, ckpt_dir=ckpt_dir, global_step=step, sample_shape=shape
-    )
+    run = LoadedRun(net=net, diffusion=diffusion, cfg=cfg, ckpt_dir=ckpt_dir, global_step=step, sample_shape=shape)
+    if cfg.get("autoencoder") is not None:  # latent model: samples are decoded by the run's autoencoder
+        run.autoencoder = _load_run_autoencoder(ckpt_dir, cfg).to(device)
+        run.decode = functools.partial(decode_latents, run.autoencoder)
+    return run
+
+
+def _load_run_autoencoder(ckpt_dir: Path, cfg: DictConfig) -> torch.nn.Module:
+    """The copy a latent run saved beside its checkpoints, else the one its config names."""
+    copy = ckpt_dir / AUTOENCODER_FILENAME
+    return load_autoencoder(copy) if copy.is_file() else instantiate(cfg.autoencoder)

@@ -26,13 +26,14 @@ def instantiate_group(group: DictConfig | None) -> list:
 
 
 def build_module(cfg: DictConfig):
-    """Network + diffusion + LightningModule from the config (also used by tests and notebooks)."""
-    net = instantiate(cfg.model)
-    diffusion = instantiate(cfg.diffusion)
-    extra = {}
+    """Network (+ diffusion, + frozen autoencoder when configured) + LightningModule from the config (also
+    used by tests and notebooks). Configs without ``diffusion`` (autoencoder training) get none."""
+    parts = {"net": instantiate(cfg.model)}
+    if cfg.get("diffusion") is not None:
+        parts["diffusion"] = instantiate(cfg.diffusion)
     if cfg.get("autoencoder") is not None:
-        extra["autoencoder"] = instantiate(cfg.autoencoder)
-    return instantiate(cfg.module, net=net, diffusion=diffusion, **extra)
+        parts["autoencoder"] = instantiate(cfg.autoencoder)
+    return instantiate(cfg.module, **parts)
 
 
 def _continue_wandb_run(cfg: DictConfig, resume_from: str | None, ckpt_dir: Path) -> None:
@@ -85,6 +86,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("resuming from %s", resume_from)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    if cfg.get("test_after_fit"):  # e.g. the autoencoder's reconstruction metrics on the test split
+        trainer.test(module, datamodule=datamodule)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     log.info("done: global step %d, run folder %s", trainer.global_step, out_dir)
     return metrics

@@ -15,7 +15,7 @@ from diffusionlab.utils.io import atomic_path
 EMA_FILENAME = "ema.safetensors"
 
 
-def _log_image(trainer: Trainer, key: str, image, step: int) -> None:
+def log_image(trainer: Trainer, key: str, image, step: int) -> None:
     """Send a PIL image to every logger that takes images (W&B, TensorBoard); others are skipped."""
     import numpy as np
 
@@ -76,7 +76,7 @@ class SampleGridCallback(Callback):
         with atomic_path(path) as tmp:
             grid.save(tmp, format="PNG")
         self.last_path = path
-        _log_image(trainer, "samples", grid, trainer.global_step)
+        log_image(trainer, "samples", grid, trainer.global_step)
 
     @rank_zero_only
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
