@@ -1,9 +1,9 @@
 # diffusionlab developer commands. `make install` then `make test`.
 PY ?= .venv/bin/python
-DATA_DIR ?= $(if $(wildcard ../shared/datasets),../shared/datasets,data/)
-export DIFFUSIONLAB_DATA_DIR ?= $(DATA_DIR)
+DATA_DIR ?= data
+SHARED ?= ../shared/datasets
 
-.PHONY: install test lint train sample bench classifier compare-schedules clean
+.PHONY: install test lint train sample bench bench-sd classifier data clean
 
 install:  ## create .venv and install the project with its test extras (torch pinned by constraints.txt)
 	python3 -m venv .venv
@@ -17,19 +17,28 @@ test:  ## the whole suite (real MNIST from ../shared/datasets, tiny models); < 1
 lint:
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
-train:  ## default experiment: class-conditional DDPM on MNIST
+data:  ## link the offline MNIST / Fashion-MNIST files from ../shared into data/ (when ../shared exists)
+	@for n in MNIST FashionMNIST; do if [ -d $(SHARED)/$$n/raw ]; then mkdir -p $(DATA_DIR)/$$n/raw; \
+	  for f in $(SHARED)/$$n/raw/*.gz; do ln -sf "$$(realpath $$f)" $(DATA_DIR)/$$n/raw/; done; fi; done
+
+train: data  ## default experiment: class-conditional DDPM on MNIST
 	$(PY) train.py
 
 sample:  ## sample from the newest run: make sample CKPT=logs/train/runs/<time>
 	$(PY) sample.py ckpt=$(CKPT)
 
-classifier:  ## train and cache the MNIST and Fashion-MNIST domain classifiers used by evaluation
+classifier: data  ## train and cache the MNIST and Fashion-MNIST domain classifiers used by evaluation
 	$(PY) -m diffusionlab.metrics.classifier --dataset mnist --data-dir $(DATA_DIR)
 	$(PY) -m diffusionlab.metrics.classifier --dataset fashion_mnist --data-dir $(DATA_DIR)
 
-bench:  ## speed and memory against diffusers, measured in the same run (ratios)
-	$(PY) benchmarks/bench_unet.py
-	$(PY) benchmarks/bench_train.py
+bench:  ## speed and memory against peers measured in the same run (ratios); not part of the tests
+	$(PY) benchmarks/bench_unet.py --quick
+	$(PY) benchmarks/bench_sampling.py
+	$(PY) benchmarks/bench_metrics.py
+	$(PY) benchmarks/bench_latent.py
+
+bench-sd:  ## full-size Stable Diffusion UNet step, ours vs diffusers (slow: minutes on a CPU)
+	$(PY) benchmarks/bench_sd.py
 
 clean:
 	rm -rf .pytest_cache .ruff_cache
