@@ -72,11 +72,11 @@ def theirs(model, name, x_T, labels, steps, gen_seed):
     return x
 
 
-def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
+def timed(fn, repeats: int, *args) -> tuple[float, torch.Tensor]:
     best, out = float("inf"), None
     for _ in range(repeats):
         t0 = time.perf_counter()
-        out = fn()
+        out = fn(*args)
         best = min(best, time.perf_counter() - t0)
     return best, out
 
@@ -108,8 +108,8 @@ def main() -> None:
     with torch.no_grad(), ctx:
         for name in args.samplers:
             steps = STEPS[name]
-            t_ours, a = timed(lambda: ours(net, name, x_T, labels, steps, 1), args.repeats)
-            t_them, b = timed(lambda: theirs(model, name, x_T, labels, steps, 1), args.repeats)
+            t_ours, a = timed(ours, args.repeats, net, name, x_T, labels, steps, 1)
+            t_them, b = timed(theirs, args.repeats, model, name, x_T, labels, steps, 1)
             diff = (a.float() - b.float()).abs().max().item()
             print(
                 f"{name:10} {steps:5d} {args.batch / t_ours:11.1f} {args.batch / t_them:16.1f} "
