@@ -53,6 +53,8 @@ NOT_IN_KEY = {
     "data_dir",
     "prepare_data_per_node",
     "allow_zero_length_dataloader_with_multiple_devices",
+    "trainer",
+    "shuffle_seed",
 }
 
 
@@ -65,11 +67,12 @@ def autoencoder_hash(ae: nn.Module) -> str:
 
 def dataset_identity(images) -> dict:
     """The settings of an image DataModule that determine its images: public attributes of plain types
-    (name, image_size, channels, val_size, split_seed, subsets, hflip, ...) minus :data:`NOT_IN_KEY`."""
+    (name, image_size, channels, val_size, split_seed, subsets, hflip, ...) minus :data:`NOT_IN_KEY` and
+    unset (None) ones."""
     plain = (str, int, float, bool, type(None))
     out = {"class": type(images).__qualname__}
     for k, v in sorted(vars(images).items()):
-        if k.startswith("_") or k in NOT_IN_KEY:
+        if k.startswith("_") or k in NOT_IN_KEY or v is None:  # None: unset (datasets before setup, ...)
             continue
         if isinstance(v, plain) or (isinstance(v, (list, tuple)) and all(isinstance(e, plain) for e in v)):
             out[k] = list(v) if isinstance(v, tuple) else v
@@ -103,9 +106,9 @@ class LatentDataset(Dataset):
     def __getitem__(self, i: int):
         mean, std, labels = self._open()
         v = int(torch.randint(self.views, ())) if self.views > 1 else 0
-        z = torch.from_numpy(np.asarray(mean[v, i], dtype=np.float32))
+        z = torch.from_numpy(np.array(mean[v, i], dtype=np.float32))  # a copy: the mmap is read-only
         if self.sample:
-            z = z + torch.from_numpy(np.asarray(std[v, i], dtype=np.float32)) * torch.randn_like(z)
+            z = z + torch.from_numpy(np.array(std[v, i], dtype=np.float32)) * torch.randn_like(z)
         return z, labels[i]
 
 

@@ -7,6 +7,7 @@ sample grids, ``sample()`` and metrics. Training, EMA, validation and sampling a
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -51,7 +52,9 @@ class LatentDiffusionModule(DiffusionModule):
                 f"the network takes {net.in_channels} channels but the autoencoder's latents have {z_channels}: "
                 f"set model.in_channels={z_channels} (data.channels for the latent cache)"
             )
-        super().__init__(net, diffusion, optimizer, scheduler, **kwargs)
+        with warnings.catch_warnings():  # the parent's save_hyperparameters sees our autoencoder argument too
+            warnings.filterwarnings("ignore", message=".*'autoencoder' is an instance of `nn.Module`")
+            super().__init__(net, diffusion, optimizer, scheduler, **kwargs)
         self.save_hyperparameters(logger=False, ignore=["net", "diffusion", "autoencoder", "optimizer", "scheduler"])
         self.autoencoder = autoencoder.eval().requires_grad_(False)
         self.encode_images, self.sample_posterior = encode_images, sample_posterior
