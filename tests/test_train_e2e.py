@@ -16,9 +16,7 @@ from tests.helpers import compose_cfg, train_overrides
 
 def test_training_writes_checkpoint_ema_config_and_grid(trained_run):
     ck = trained_run / "checkpoints"
-    assert (
-        (ck / "last.ckpt").is_file() and (ck / "ema.safetensors").is_file() and (ck / "config.yaml").is_file()
-    )
+    assert (ck / "last.ckpt").is_file() and (ck / "ema.safetensors").is_file() and (ck / "config.yaml").is_file()
     state = load_torch_checkpoint(ck / "last.ckpt")
     assert state["global_step"] == 6
     assert any(k.startswith("ema.shadow.") for k in state["state_dict"])
@@ -61,9 +59,7 @@ def test_sample_is_reproducible_with_seed(trained_run, tmp_path):
 def test_resume_continues_at_saved_step_in_the_same_run(data_dir, tmp_path):
     run = tmp_path / "run"
     train(
-        compose_cfg(
-            "train.yaml", train_overrides(data_dir, "trainer.max_steps=5", "trainer.log_every_n_steps=1"), run
-        )
+        compose_cfg("train.yaml", train_overrides(data_dir, "trainer.max_steps=5", "trainer.log_every_n_steps=1"), run)
     )
     cfg = compose_cfg(
         "train.yaml",
@@ -79,17 +75,17 @@ def test_resume_continues_at_saved_step_in_the_same_run(data_dir, tmp_path):
     train(cfg)
     state = load_torch_checkpoint(run / "checkpoints" / "last.ckpt")
     assert state["global_step"] == 9
-    with open(run / "csv" / "metrics.csv") as f:
+    # the resumed run logs into a new CSV version beside the first run's, starting at the saved step
+    with open(run / "csv" / "version_1" / "metrics.csv") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
     assert steps and min(steps) >= 5, f"resumed run logged steps {steps}, expected to start at 5"
+    assert (run / "csv" / "version_0" / "metrics.csv").is_file()
 
 
 def test_wandb_logger_runs_offline(data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = compose_cfg(
-        "train.yaml", train_overrides(data_dir, "trainer.max_steps=2", "logger=wandb"), tmp_path
-    )
+    cfg = compose_cfg("train.yaml", train_overrides(data_dir, "trainer.max_steps=2", "logger=wandb"), tmp_path)
     assert cfg.logger.wandb.offline is True
     train(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))

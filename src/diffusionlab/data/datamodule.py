@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from diffusionlab.data.datasets import CLASS_NAMES, check_dataset_name, load_dataset
+from diffusionlab.data.samplers import ResumableSampler
 from diffusionlab.data.transforms import fit_images, uint8_to_signed
 
 
@@ -42,6 +43,8 @@ class ImageDataModule(LightningDataModule):
         channels: output channels (grayscale is repeated to 3 if asked, RGB averaged to 1).
         num_classes: checked against the dataset (so configs can interpolate it into the network).
         val_size: number of training images held out for validation (seeded split).
+        shuffle_seed: seeds the training order (per epoch), independent of the global RNG, so a resumed run
+            continues with exactly the batches an uninterrupted run would have drawn.
         train_subset / test_subset: use only the first N images (tests, quick runs); None for all.
         hflip: random horizontal flips for training (CIFAR-10).
         download: try to download missing files (offline it fails with a message naming them).
@@ -58,6 +61,7 @@ class ImageDataModule(LightningDataModule):
         eval_batch_size: int | None = None,
         val_size: int = 5000,
         split_seed: int = 0,
+        shuffle_seed: int = 0,
         train_subset: int | None = None,
         test_subset: int | None = None,
         hflip: bool = False,
@@ -80,6 +84,7 @@ class ImageDataModule(LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.val_size = val_size
         self.split_seed = split_seed
+        self.shuffle_seed = shuffle_seed
         self.train_subset, self.test_subset = train_subset, test_subset
         self.hflip = hflip
         self.num_workers, self.pin_memory, self.download = num_workers, pin_memory, download
@@ -110,22 +115,37 @@ class ImageDataModule(LightningDataModule):
                 images, labels = images[: self.test_subset], labels[: self.test_subset]
             self.test_set = InMemoryImages(images, labels)
 
-    def _loader(self, ds: Dataset, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(self, ds: Dataset, batch_size: int, sampler: ResumableSampler | None = None) -> DataLoader:
         return DataLoader(
             ds,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            drop_last=shuffle,
+            drop_last=sampler is not None,
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.shuffle_seed),  # keeps the global RNG untouched
         )
 
+    def train_sampler(self) -> ResumableSampler:
+        """Seeded, rank-sharded order; when Lightning has restored a mid-epoch checkpoint, start after the
+        batches that epoch already consumed (``batch_progress`` is restored before loaders are built)."""
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = ResumableSampler(len(self.train_set), seed=self.shuffle_seed, rank=rank, world_size=world)
+        if trainer is not None:
+            # a checkpoint saved in on_train_batch_end has processed = completed + 1 (Lightning completes the
+            # batch after the hooks and fixes the count on restart): processed is what was trained on
+            progress = trainer.fit_loop.epoch_loop.batch_progress.current
+            done = max(progress.processed, progress.completed)
+            sampler.resume_at(trainer.current_epoch, done * self.batch_size)
+        return sampler
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True, self.batch_size)
+        return self._loader(self.train_set, self.batch_size, self.train_sampler())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, False, self.eval_batch_size)
+        return self._loader(self.val_set, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, False, self.eval_batch_size)
+        return self._loader(self.test_set, self.eval_batch_size)

@@ -89,7 +89,9 @@ class DiffusionModule(LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """The optimizer step, then the EMA update, so a checkpoint saved after this step holds both."""
+        super().optimizer_step(*args, **kwargs)
         self.ema.update(self.net, self.global_step)
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -106,9 +108,7 @@ class DiffusionModule(LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         try:
-            scheduler = self.scheduler_factory(
-                optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches
-            )
+            scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches)
         except TypeError:
             scheduler = self.scheduler_factory(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
