@@ -89,9 +89,7 @@ def _sniff(path: Path) -> str:
         head = f.read(9)
     if head[:4] == b"PK\x03\x04":
         if not zipfile.is_zipfile(path):
-            raise CheckpointError(
-                f"{str(path)!r} is a truncated or corrupt torch checkpoint (broken zip archive)"
-            )
+            raise CheckpointError(f"{str(path)!r} is a truncated or corrupt torch checkpoint (broken zip archive)")
         return "torch_zip"
     if head[:1] == b"\x80":
         return "pickle"
@@ -130,7 +128,9 @@ def _torch_load(path: Path, kind: str) -> Mapping:
             "weights from a source you trust"
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as err:
-        raise CheckpointError(f"{str(path)!r} is a truncated or corrupt torch checkpoint: {err}") from None
+        raise CheckpointError(
+            f"{str(path)!r} is not a readable torch checkpoint (truncated, corrupt, or another kind of file): {err}"
+        ) from None
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
@@ -146,9 +146,7 @@ def open_state_dict(path: str | os.PathLike) -> LazyStateDict:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if path.is_dir():
-        raise CheckpointError(
-            f"{str(path)!r} is a folder; load a diffusers folder with StableDiffusion.from_diffusers"
-        )
+        raise CheckpointError(f"{str(path)!r} is a folder; load a diffusers folder with StableDiffusion.from_diffusers")
     kind = _sniff(path)
     if kind == "safetensors":
         return _open_safetensors(path)
@@ -240,9 +238,7 @@ def load_single_file(
     checkpoint holding ``model_ema.*``, the UNet gets the EMA weights.
     """
     with open_state_dict(path) as source:
-        return load_compvis(
-            source, config, dtype=dtype, device=device, use_ema=use_ema, where=repr(str(path))
-        )
+        return load_compvis(source, config, dtype=dtype, device=device, use_ema=use_ema, where=repr(str(path)))
 
 
 def load_compvis(
@@ -322,8 +318,7 @@ def _component_weights(folder: Path, component: str, stack: ExitStack) -> Mappin
                 if index.exists():
                     weight_map = _read_json(index)["weight_map"]
                     shards = {
-                        name: stack.enter_context(open_state_dict(sub / name))
-                        for name in set(weight_map.values())
+                        name: stack.enter_context(open_state_dict(sub / name)) for name in set(weight_map.values())
                     }
                     return LazyStateDict(
                         weight_map,
@@ -345,14 +340,10 @@ def load_diffusers(
     """Load a diffusers-format SD 1.x folder: ``(config, modules, tokenizer_folder or None)``."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CheckpointError(
-            f"{str(folder)!r} is not a diffusers folder (expected unet/, vae/, text_encoder/)"
-        )
+        raise CheckpointError(f"{str(folder)!r} is not a diffusers folder (expected unet/, vae/, text_encoder/)")
     configs = {c: read(_read_json(folder / c / "config.json")) for c, read in _CONFIG_READERS.items()}
     sched_file = folder / "scheduler" / "scheduler_config.json"
-    schedule = (
-        C.schedule_from_diffusers(_read_json(sched_file)) if sched_file.exists() else C.ScheduleConfig()
-    )
+    schedule = C.schedule_from_diffusers(_read_json(sched_file)) if sched_file.exists() else C.ScheduleConfig()
     config = C.SDConfig(schedule=schedule, **configs)
     modules = {}
     with ExitStack() as stack:
@@ -360,8 +351,6 @@ def load_diffusers(
             source = _component_weights(folder, component, stack)
             keys = {k: k for k in source}
             where = repr(str(folder / component))
-            modules[component] = load_component(
-                component, cfg, source, keys, "diffusers", dtype, device, where
-            )
+            modules[component] = load_component(component, cfg, source, keys, "diffusers", dtype, device, where)
     tok = folder / "tokenizer"
     return config, modules, tok if (tok / "vocab.json").exists() and (tok / "merges.txt").exists() else None
