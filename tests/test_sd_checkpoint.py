@@ -91,9 +91,7 @@ def test_full_original_layout_loads_without_missing_or_unexpected_keys(full_meta
     assert len(flat) == 686 + 248 + 196
     source = dict(flat)
     source.update({k: torch.empty(1000, device="meta") for k in EXTRA_KEYS})
-    source["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.empty(
-        1, 77, device="meta"
-    )
+    source["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.empty(1, 77, device="meta")
     config, modules = load_compvis(source, None, device="meta")
     assert config == sd15()
     assert count(modules["unet"]) == 859_520_964

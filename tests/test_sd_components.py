@@ -38,11 +38,7 @@ def maxdiff(a, b) -> float:
 
 def test_tiny_preset_is_the_reference_architecture():
     cfgs = our_configs(reference_models())
-    assert (
-        tiny().unet == cfgs["unet"]
-        and tiny().vae == cfgs["vae"]
-        and tiny().text_encoder == cfgs["text_encoder"]
-    )
+    assert tiny().unet == cfgs["unet"] and tiny().vae == cfgs["vae"] and tiny().text_encoder == cfgs["text_encoder"]
 
 
 def test_text_encoder_matches_transformers(loaded):
@@ -94,9 +90,7 @@ def test_compvis_layout_agrees_with_diffusers_converter():
     converted = {
         "unet": convert_ldm_unet_checkpoint(ckpt, dict(models["unet"].config)),
         "vae": convert_ldm_vae_checkpoint(ckpt, dict(models["vae"].config)),
-        "text_encoder": {
-            k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(ckpt).items()
-        },
+        "text_encoder": {k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(ckpt).items()},
     }
     for name, model in models.items():
         expected = model.state_dict()
@@ -110,10 +104,7 @@ def test_old_diffusers_vae_attention_names_load():
     ref = reference_models()["vae"]
     cfg = vae_from_diffusers(dict(ref.config))
     old = {
-        k.replace("to_q", "query")
-        .replace("to_k", "key")
-        .replace("to_v", "value")
-        .replace("to_out.0", "proj_attn"): v
+        k.replace("to_q", "query").replace("to_k", "key").replace("to_v", "value").replace("to_out.0", "proj_attn"): v
         for k, v in ref.state_dict().items()
     }
     assert any(".query." in k for k in old)
@@ -130,10 +121,7 @@ def test_inpainting_unet_nine_channels():
     z, ctx = torch.randn(1, 9, 8, 8), torch.randn(1, 77, 32)
     with torch.no_grad():
         assert (
-            maxdiff(
-                modules["unet"](z, torch.tensor([500]), ctx), ref(z, 500, encoder_hidden_states=ctx).sample
-            )
-            < TOL
+            maxdiff(modules["unet"](z, torch.tensor([500]), ctx), ref(z, 500, encoder_hidden_states=ctx).sample) < TOL
         )
     # the ordinary tiny config does not fit these weights: conv_in has 9 input channels
     with pytest.raises(ValueError, match=r"conv_in|input_blocks.0.0.weight"):

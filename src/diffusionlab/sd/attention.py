@@ -16,9 +16,7 @@ class Attention(nn.Module):
     ``qkv_bias``: CLIP uses biases on q/k/v, the UNet does not. ``causal``: mask future tokens (CLIP).
     """
 
-    def __init__(
-        self, dim: int, heads: int, context_dim: int | None = None, qkv_bias: bool = False, causal=False
-    ):
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None, qkv_bias: bool = False, causal=False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention width {dim} is not divisible by the number of heads {heads}")

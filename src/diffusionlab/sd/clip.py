@@ -64,9 +64,7 @@ class CLIPTextEncoder(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         if ids.ndim != 2 or ids.shape[1] > self.config.max_positions:
-            raise ValueError(
-                f"token ids must be [B, N] with N <= {self.config.max_positions}, got {tuple(ids.shape)}"
-            )
+            raise ValueError(f"token ids must be [B, N] with N <= {self.config.max_positions}, got {tuple(ids.shape)}")
         positions = torch.arange(ids.shape[1], device=ids.device)
         x = self.token_embedding(ids) + self.position_embedding(positions)
         for layer in self.layers:

@@ -92,9 +92,7 @@ def to_compvis(state_dicts: Mapping[str, Mapping[str, Tensor]], cfg) -> dict[str
     for component, sd in state_dicts.items():
         converted, unexpected = convert_state_dict(sd, component, getattr(cfg, component), "ours", "compvis")
         if unexpected:
-            raise ValueError(
-                f"{component}: keys unknown to the {component} layout: {sorted(unexpected)[:20]}"
-            )
+            raise ValueError(f"{component}: keys unknown to the {component} layout: {sorted(unexpected)[:20]}")
         prefix = COMPVIS_PREFIX[component]
         out.update({prefix + k: v for k, v in converted.items()})
     return out

@@ -53,9 +53,7 @@ COMPVIS_IGNORED_KEYS = frozenset(
 )
 COMPVIS_IGNORED_PREFIXES = (COMPVIS_EMA_PREFIX, "first_stage_model.loss.")
 # Buffers inside a component's own namespace that carry no weights.
-IGNORED_COMPONENT_KEYS = {
-    "text_encoder": frozenset(["text_model.embeddings.position_ids", "embeddings.position_ids"])
-}
+IGNORED_COMPONENT_KEYS = {"text_encoder": frozenset(["text_model.embeddings.position_ids", "embeddings.position_ids"])}
 
 # ----------------------------------------------------------------------------------------- leaf tables
 PLAIN = [("", "", "")]

@@ -89,16 +89,12 @@ def load_image(image, mode: str = "RGB") -> Tensor:
         arr = image[..., None] if image.ndim == 2 else image
         image = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
     if not isinstance(image, Tensor):
-        raise TypeError(
-            f"expected an image path, PIL image, uint8 array or tensor, got {type(image).__name__}"
-        )
+        raise TypeError(f"expected an image path, PIL image, uint8 array or tensor, got {type(image).__name__}")
     image = image.float()
     while image.ndim < 4:
         image = image.unsqueeze(0)
     if image.min() < 0 or image.max() > 1:
-        raise ValueError(
-            f"image tensors must hold values in [0, 1], got [{image.min():.3g}, {image.max():.3g}]"
-        )
+        raise ValueError(f"image tensors must hold values in [0, 1], got [{image.min():.3g}, {image.max():.3g}]")
     return image
 
 
@@ -196,9 +192,7 @@ class StableDiffusion:
         if name not in SAMPLER_NAMES:
             raise ValueError(f"unknown sampler {name!r}; valid choices: {', '.join(SAMPLER_NAMES)}")
         s = self.config.schedule
-        schedule = NoiseSchedule.from_name(
-            s.name, s.num_timesteps, beta_start=s.beta_start, beta_end=s.beta_end
-        )
+        schedule = NoiseSchedule.from_name(s.name, s.num_timesteps, beta_start=s.beta_start, beta_end=s.beta_end)
         defaults = dict(
             timestep_spacing=s.timestep_spacing,
             steps_offset=s.steps_offset,
@@ -229,13 +223,9 @@ class StableDiffusion:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("prompt must be a string or a non-empty list of strings")
-        negatives = (
-            [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
-        )
+        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
         if len(negatives) != len(prompts):
-            raise ValueError(
-                f"{len(negatives)} negative prompts for {len(prompts)} prompts; give one per prompt"
-            )
+            raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts; give one per prompt")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n (images per prompt) must be a positive integer, got {n!r}")
         return [p for p in prompts for _ in range(n)], [q for q in negatives for _ in range(n)]
@@ -441,9 +431,7 @@ class StableDiffusion:
         image = load_image(init_image)
         m = load_image(mask, mode="L")[:, :1]
         if m.shape[-2:] != image.shape[-2:]:
-            raise ValueError(
-                f"mask size {tuple(m.shape[-2:])} differs from image size {tuple(image.shape[-2:])}"
-            )
+            raise ValueError(f"mask size {tuple(m.shape[-2:])} differs from image size {tuple(image.shape[-2:])}")
         f = self.vae.config.downsample_factor
         check_size(image.shape[-2], image.shape[-1], f)
         prompts, negatives = self._batch(prompt, negative_prompt, n)

@@ -120,9 +120,7 @@ def generate(
     torch_dtype, dev = resolve_dtype(dtype), resolve_device(device)
     sd = load_model(checkpoint, torch_dtype, dev, config=config, use_ema=use_ema)
 
-    common = dict(
-        steps=steps, guidance=guidance, sampler=sampler, seed=seed, n=n, save_trajectory=save_trajectory
-    )
+    common = dict(steps=steps, guidance=guidance, sampler=sampler, seed=seed, n=n, save_trajectory=save_trajectory)
     common["progress"] = progress
     if mode == "txt2img":
         result = sd.txt2img(prompt, negative_prompt, height=height, width=width, **common)
@@ -144,9 +142,7 @@ def generate(
         for i in range(pixels.shape[0])
     ]
     written = {"images": [str(p) for p in paths], "seed": result.seed}
-    written["grid"] = str(
-        save_png(make_grid(pixels, nrow=math.ceil(math.sqrt(pixels.shape[0]))), out / "grid.png")
-    )
+    written["grid"] = str(save_png(make_grid(pixels, nrow=math.ceil(math.sqrt(pixels.shape[0]))), out / "grid.png"))
     if save_trajectory:
         gif, strip = _strip(sd, result, trajectory_frames)
         written["trajectory"] = str(save_png(strip, out / "trajectory.png"))

@@ -45,9 +45,7 @@ class TimeEmbedding(nn.Module):
 class UNetLevel(nn.Module):
     """Residual blocks (each optionally followed by a spatial transformer) and an optional resampler."""
 
-    def __init__(
-        self, in_chs: list[int], out_ch: int, cfg: UNetConfig, attention: bool, resample: str | None
-    ):
+    def __init__(self, in_chs: list[int], out_ch: int, cfg: UNetConfig, attention: bool, resample: str | None):
         super().__init__()
         groups, tdim = cfg.norm_groups, cfg.time_embed_dim
         self.res = nn.ModuleList(
@@ -71,9 +69,7 @@ class MidBlock(nn.Module):
         super().__init__()
         kw = dict(time_dim=cfg.time_embed_dim, groups=cfg.norm_groups, eps=UNET_NORM_EPS)
         self.res1 = ResnetBlock(ch, ch, **kw)
-        self.attn = SpatialTransformer(
-            ch, cfg.num_heads, cfg.context_dim, cfg.transformer_depth, cfg.norm_groups
-        )
+        self.attn = SpatialTransformer(ch, cfg.num_heads, cfg.context_dim, cfg.transformer_depth, cfg.norm_groups)
         self.res2 = ResnetBlock(ch, ch, **kw)
 
     def forward(self, x: Tensor, temb: Tensor, context: Tensor) -> Tensor:
