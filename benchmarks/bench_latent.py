@@ -109,7 +109,7 @@ def main() -> None:
         ae = set_scale_factor(kl_autoencoder(in_channels=1), 1.0).eval().requires_grad_(False)
     images = functools.partial(
         ImageDataModule, "mnist", str(data_dir), image_size=32, batch_size=args.batch, train_subset=args.images,
-        val_size=256, download=False,
+        val_size=256,
     )  # fmt: skip
 
     common = [f"paths.data_dir={data_dir}", f"paths.cache_dir={cache_dir}", "logger=csv", "callbacks=none"]
