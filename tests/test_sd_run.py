@@ -87,3 +87,18 @@ def test_errors(tmp_path):
         generate(saved()["safetensors"], dtype="float8", out_dir=tmp_path)
     with pytest.raises(ValueError, match="multiple of 8"):
         generate(saved()["safetensors"], out_dir=tmp_path, **{**COMMON, "height": 36})
+
+
+def test_sample_entry_point_runs_stable_diffusion(tmp_path):
+    """`sample.py model=sd15 sd.checkpoint=... prompt=...` (the Hydra task, in-process) writes the images."""
+    from diffusionlab.cli.sample import sample
+    from tests.helpers import compose_cfg
+
+    overrides = ["model=sd15", f"sd.checkpoint={saved()['safetensors']}", "+sd.config=tiny", "prompt='a red cube'",
+                 "negative_prompt=blurry", "steps=2", "sampler=dpmpp_2m", "guidance=7.5", "seed=42", "n=2",
+                 "height=32", "width=32"]  # fmt: skip
+    grid = sample(compose_cfg("sample.yaml", overrides, tmp_path))
+    assert grid == tmp_path / "grid.png" and grid.is_file()
+    assert len(list((tmp_path / "images").glob("*.png"))) == 2
+    record = json.loads((tmp_path / "generation.json").read_text())
+    assert record["seed"] == 42 and record["size"] == [32, 32]

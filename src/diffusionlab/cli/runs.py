@@ -46,9 +46,7 @@ def newest_run_checkpoint(runs_root: str | Path) -> Path:
     """``last.ckpt`` of the most recently modified run under ``runs_root`` (for ``ckpt_path=last``)."""
     found = sorted(Path(runs_root).glob(f"**/checkpoints/{LAST_FILENAME}"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise FileNotFoundError(
-            f"ckpt_path=last: no run with checkpoints/{LAST_FILENAME} under {str(runs_root)!r}"
-        )
+        raise FileNotFoundError(f"ckpt_path=last: no run with checkpoints/{LAST_FILENAME} under {str(runs_root)!r}")
     return found[-1]
 
 
@@ -102,9 +100,7 @@ def load_ema_state(ckpt_dir: Path) -> tuple[dict, int]:
             step = int((f.metadata() or {}).get("global_step", -1))
         return load_file(str(path)), step
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(
-            f"{str(path)!r} is not a readable safetensors file (truncated?): {err}"
-        ) from None
+        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file (truncated?): {err}") from None
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:

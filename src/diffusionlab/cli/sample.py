@@ -75,8 +75,12 @@ def sample(cfg: DictConfig) -> Path:
         raise ValueError(f"n must be >= 1, got {cfg.n}")
     out_dir = check_writable_dir(cfg.out_dir)
     if cfg.get("model") is not None:
-        if cfg.model not in MODELS:
-            raise ValueError(f"unknown model {cfg.model!r}; valid choices: null (a trained run, ckpt=...), sd15")
+        name = cfg.model.get("name")
+        if name not in MODELS:
+            raise ValueError(
+                f"model={name or 'this'} cannot be sampled directly; valid choices: sd15 (or no model "
+                "and ckpt=<run folder> for a run trained with train.py)"
+            )
         return sample_sd(cfg)
     if cfg.get("ckpt") is None:
         raise ValueError("give ckpt=<run folder> (a run written by train.py), or model=sd15 for Stable Diffusion")

@@ -28,6 +28,8 @@ def instantiate_group(group: DictConfig | None) -> list:
 def build_module(cfg: DictConfig):
     """Network (+ diffusion, + frozen autoencoder when configured) + LightningModule from the config (also
     used by tests and notebooks). Configs without ``diffusion`` (autoencoder training) get none."""
+    if "_target_" not in cfg.model:
+        raise ValueError(f"model={cfg.model.get('name', cfg.model)} is not a trainable network (sample.py only)")
     parts = {"net": instantiate(cfg.model)}
     if cfg.get("diffusion") is not None:
         parts["diffusion"] = instantiate(cfg.diffusion)
