@@ -194,6 +194,10 @@ def test_items_are_fresh_posterior_samples_or_the_mean(data_dir, tmp_path):
     assert not torch.equal(draws[0], draws[1])
     eps = (draws - mean) / std  # must be standard normal per element
     assert abs(eps.mean().item()) < 0.02 and abs(eps.std().item() - 1) < 0.02
+    val = dm.datasets["val"]  # validation items: one seeded draw each, so val losses are comparable
+    assert torch.equal(val[2][0], val[2][0]) and not torch.equal(val[2][0], val[3][0])
+    vmean = torch.from_numpy(np.load(dm.cache_folder("val") / "mean.npy")[0, 2])
+    assert not torch.equal(val[2][0], vmean)
     fixed = make_dm(data_dir, tmp_path, tiny_ae(), sample=False)
     fixed.setup("fit")
     assert torch.equal(fixed.datasets["train"][5][0], mean)

@@ -10,7 +10,8 @@ damaged one (size, or sha256 with ``verify="hash"``, differs from the manifest) 
 Under DDP the local rank 0 builds, every rank waits at a barrier, then all read.
 
 Items are ``(z [z, h, w] float32, label)``: unscaled latents, a fresh draw ``mean + std * eps`` each time
-(``sample=True``) or the mean. The latent diffusion module multiplies them by the autoencoder's scale factor.
+(``sample=True``; validation and test items keep one fixed draw each) or the mean. The latent diffusion
+module multiplies them by the autoencoder's scale factor.
 """
 
 from __future__ import annotations
@@ -81,10 +82,13 @@ def dataset_identity(images) -> dict:
 
 class LatentDataset(Dataset):
     """One cached split: items ``(z [z, h, w] float32, label long)``; arrays opened lazily (memory-mapped,
-    so worker processes share the page cache instead of copies)."""
+    so worker processes share the page cache instead of copies).
 
-    def __init__(self, folder: str | Path, sample: bool = True):
-        self.folder, self.sample = Path(folder), sample
+    ``sample``: ``z = mean + std * eps`` with fresh ``eps`` per draw (global RNG), or with ``fixed_noise``
+    the same ``eps`` for item ``i`` every time (seeded by ``i``: validation losses stay comparable)."""
+
+    def __init__(self, folder: str | Path, sample: bool = True, fixed_noise: bool = False):
+        self.folder, self.sample, self.fixed_noise = Path(folder), sample, fixed_noise
         manifest = json.loads((self.folder / MANIFEST).read_text())
         self.count, self.views = manifest["count"], manifest["views"]
         self._arrays = None
@@ -108,7 +112,9 @@ class LatentDataset(Dataset):
         v = int(torch.randint(self.views, ())) if self.views > 1 else 0
         z = torch.from_numpy(np.array(mean[v, i], dtype=np.float32))  # a copy: the mmap is read-only
         if self.sample:
-            z = z + torch.from_numpy(np.array(std[v, i], dtype=np.float32)) * torch.randn_like(z)
+            gen = torch.Generator().manual_seed(int(i)) if self.fixed_noise else None
+            eps = torch.randn(z.shape, generator=gen)
+            z = z + torch.from_numpy(np.array(std[v, i], dtype=np.float32)) * eps
         return z, labels[i]
 
 
@@ -337,7 +343,7 @@ class LatentCacheDataModule(LightningDataModule):
         if not builder:
             folders = {s: self.ensure_cache(s, build=False) for s in splits}
         for split, folder in folders.items():
-            self.datasets[split] = LatentDataset(folder, sample=self.sample)
+            self.datasets[split] = LatentDataset(folder, sample=self.sample, fixed_noise=split != "train")
 
     def cache_bytes_per_image(self, split: str = "train") -> float:
         """Bytes on disk per image of a built cache (mean + std + label, all views)."""
