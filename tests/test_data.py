@@ -36,9 +36,7 @@ def test_split_is_seeded_and_disjoint(data_dir):
 
 
 def test_fashion_mnist_and_rgb_conversion(data_dir):
-    dm = ImageDataModule(
-        "fashion_mnist", str(data_dir), image_size=28, channels=3, train_subset=64, val_size=64
-    )
+    dm = ImageDataModule("fashion_mnist", str(data_dir), image_size=28, channels=3, train_subset=64, val_size=64)
     dm.setup("fit")
     x, _ = dm.train_set[0]
     assert x.shape == (3, 28, 28) and torch.equal(x[0], x[1])
@@ -78,9 +76,7 @@ def test_cifar10_reads_the_pickle_format(tmp_path):
     first = batches["data_batch_1"][0][0]
     assert images[0, 1, 0, 5] == first[1024 + 5] and images[0, 2, 3, 0] == first[2048 + 3 * 32]
     assert labels[:6].tolist() == batches["data_batch_1"][1]
-    dm = ImageDataModule(
-        "cifar10", str(tmp_path), image_size=32, val_size=6, hflip=True, download=False, batch_size=8
-    )
+    dm = ImageDataModule("cifar10", str(tmp_path), image_size=32, val_size=6, hflip=True, download=False, batch_size=8)
     dm.setup("fit")
     x, _ = next(iter(dm.train_dataloader()))
     assert x.shape[1:] == (3, 32, 32)
@@ -99,3 +95,12 @@ def test_cifar10_refuses_pickles_with_code(tmp_path):
             pickle.dump({"data": Evil(), "labels": []}, f)
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         load_dataset("cifar10", tmp_path, train=True, download=False)
+
+
+def test_to_native_size_inverts_padding():
+    from diffusionlab.data.transforms import fit_images, to_native_size
+
+    x = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    padded = fit_images(x, 32, 1)
+    assert padded.shape[-1] == 32 and torch.equal(to_native_size(padded, "mnist"), x)
+    assert to_native_size(padded, "cifar10") is padded

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from diffusionlab.cli.runs import LoadedRun, load_run
 from diffusionlab.cli.sample import pick_device
+from diffusionlab.data.transforms import to_native_size
 from diffusionlab.pipelines import generate
 from diffusionlab.utils.io import atomic_write_json, atomic_write_text, check_writable_dir
 
@@ -20,11 +21,22 @@ METRICS_FILENAME = "metrics.json"
 MODES = ("model", "data")
 
 
+def dataset_name(run_cfg: DictConfig) -> str:
+    """The dataset a run was trained on (latent runs: the dataset under their latent cache)."""
+    data = run_cfg.data
+    name = data.get("name") or (data.get("images") or {}).get("name")
+    if not name:
+        raise ValueError("cannot tell which dataset this run was trained on; give reference=<dataset>:test")
+    return name
+
+
 def sample_batches(
     run: LoadedRun, n: int, batch_size: int, sampler: str, steps: int, guidance: float, seed: int, opts: dict
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """``n`` samples in [-1, 1] in batches, class-balanced for conditional runs (labels cycle 0..K-1);
-    batch ``i`` uses seed ``seed + i``, so the set depends only on (seed, batch_size, n)."""
+    batch ``i`` uses seed ``seed + i``, so the set depends only on (seed, batch_size, n). Samples of a
+    model trained on padded / resized images are brought back to the dataset's own size (MNIST 32 -> 28),
+    so they are compared with the real split as it is."""
     k = getattr(run.net, "num_classes", None)
     for i, start in enumerate(range(0, n, batch_size)):
         b = min(batch_size, n - start)
@@ -43,7 +55,7 @@ def sample_batches(
             decode=run.decode,
             progress=False,
         )
-        yield images, labels
+        yield to_native_size(images, dataset_name(run.cfg)), labels
 
 
 def _evaluator(cfg: DictConfig, reference: str):
@@ -142,7 +154,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError("give ckpt=<run folder> (or mode=data a=... b=...)")
     run = load_run(cfg.ckpt, device=pick_device(cfg.device))
     out_dir = check_writable_dir(cfg.out_dir or run.ckpt_dir.parent)
-    reference = cfg.reference or f"{run.cfg.data.name}:test"
+    reference = cfg.reference or f"{dataset_name(run.cfg)}:test"
     evaluator = _evaluator(cfg, reference)
     steps_list, samplers = _as_list(cfg.sweep.steps), _as_list(cfg.sweep.sampler)
     if steps_list is None and samplers is None:

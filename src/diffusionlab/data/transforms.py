@@ -36,3 +36,20 @@ def fit_images(images: Tensor, image_size: int, channels: int) -> Tensor:
 def uint8_to_signed(images: Tensor) -> Tensor:
     """uint8 [0, 255] -> float32 [-1, 1]."""
     return images.float().div_(127.5).sub_(1.0)
+
+
+NATIVE_SIZE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32}
+
+
+def to_native_size(images: Tensor, dataset: str) -> Tensor:
+    """Undo :func:`fit_images`' size change on ``[N, C, H, W]`` images (any dtype): center-crop what padding
+    added (MNIST 32 -> 28), else resize back, so samples are compared with the real split at its own size."""
+    size = NATIVE_SIZE.get(dataset)
+    h = images.shape[-1]
+    if size is None or h == size:
+        return images
+    margin = h - size
+    if margin > 0 and margin % 2 == 0:
+        m = margin // 2
+        return images[..., m : m + size, m : m + size]
+    return F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True).to(images.dtype)
