@@ -23,9 +23,7 @@ class CountingExtractor(ClassifierFeatures):
 
 
 def _ref(split, ext, n, data_dir, cache, **kw):
-    return reference_features(
-        split, ext, n, data_dir=data_dir, cache_dir=cache, batch_size=16, progress=False, **kw
-    )
+    return reference_features(split, ext, n, data_dir=data_dir, cache_dir=cache, batch_size=16, progress=False, **kw)
 
 
 def test_second_call_hits_the_cache_without_running_the_extractor(data_dir, tmp_path):

@@ -39,9 +39,7 @@ def classifier_dataset(name: str) -> str:
     """Canonical name of a dataset that has a domain classifier; ValueError otherwise."""
     key = canonical_dataset(name)
     if key not in CLASSIFIER_DATASETS:
-        raise ValueError(
-            f"no domain classifier for dataset {name!r}; choose one of {list(CLASSIFIER_DATASETS)}"
-        )
+        raise ValueError(f"no domain classifier for dataset {name!r}; choose one of {list(CLASSIFIER_DATASETS)}")
     return key
 
 
@@ -233,12 +231,12 @@ def load_classifier_extractor(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Train (or load) the cached domain classifier of a dataset.")
     p.add_argument("--dataset", required=True, choices=list(CLASSIFIER_DATASETS))
-    p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "data"))
-    p.add_argument(
-        "--cache-dir", default=None, help="default: $DIFFUSIONLAB_CACHE_DIR or ~/.cache/diffusionlab"
-    )
+    data_default = os.environ.get("DIFFUSIONLAB_DATA_DIR") or os.environ.get("DATA_DIR") or "data"
+    p.add_argument("--data-dir", default=data_default, help="default: $DIFFUSIONLAB_DATA_DIR or ./data")
+    p.add_argument("--cache-dir", default=None, help="default: $DIFFUSIONLAB_CACHE_DIR or ~/.cache/diffusionlab")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--max-train", type=int, default=None, help="train on a random subset of this size")
+    p.add_argument("--max-test", type=int, default=None, help="measure accuracy on the first N test images")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--force", action="store_true", help="retrain even if a checkpoint is cached")
@@ -258,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             cache_dir=args.cache_dir,
             epochs=args.epochs,
             max_train=args.max_train,
+            max_test=args.max_test,
             device=args.device,
         )
         info["path"] = str(path)

@@ -31,11 +31,7 @@ def gather_cat(t: Tensor | None) -> Tensor | None:
     """
     if t is None or not is_distributed():
         return t
-    device = (
-        torch.device("cuda", torch.cuda.current_device())
-        if dist.get_backend() == "nccl"
-        else torch.device("cpu")
-    )
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     t = t.contiguous().to(device)
     sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, torch.tensor([t.shape[0]], device=device))

@@ -68,9 +68,8 @@ class Evaluator:
         self.prc_neighborhood, self.is_splits = prc_neighborhood, is_splits
         self.reference_seed, self.batch_size, self.progress = reference_seed, batch_size, progress
         self.notes: list[str] = []
-        self.extractor = (
-            extractor.to(device) if extractor is not None else load_inception(inception_weights, device)
-        )
+        self.extractor = extractor.to(device) if extractor is not None else load_inception(inception_weights, device)
+        self.classifier_mode = classifier
         self.classifier, self.classifier_info = self._load_classifier(classifier, device)
 
     def _load_classifier(self, mode, device):
@@ -78,9 +77,7 @@ class Evaluator:
             return None, None
         if self.dataset not in CLASSIFIER_DATASETS:
             if mode is True:
-                raise ValueError(
-                    f"no domain classifier for {self.dataset!r}; one exists for {CLASSIFIER_DATASETS}"
-                )
+                raise ValueError(f"no domain classifier for {self.dataset!r}; one exists for {CLASSIFIER_DATASETS}")
             return None, None
         try:
             return load_classifier_extractor(self.dataset, self.cache_dir, device)
@@ -142,8 +139,7 @@ class Evaluator:
             samples, self.extractors, total=num_samples, progress=self.progress, desc="sample features"
         )
         sets = {
-            k: FeatureSet(distributed.gather_cat(v.features), distributed.gather_cat(v.logits))
-            for k, v in sets.items()
+            k: FeatureSet(distributed.gather_cat(v.features), distributed.gather_cat(v.logits)) for k, v in sets.items()
         }
         labels = distributed.gather_cat(labels)
         return self.score(sets, labels, reference_n=reference_n, protocol=protocol)
@@ -159,9 +155,7 @@ class Evaluator:
     ) -> dict:
         """Metrics from already extracted (and gathered) features ``{'inception': ..., 'domain': ...}``."""
         n = len(fake["inception"])
-        split_size = (
-            len(load_split(self.dataset, self.split, self.data_dir, self.cache_dir)[0]) - reference_offset
-        )
+        split_size = len(load_split(self.dataset, self.split, self.data_dir, self.cache_dir)[0]) - reference_offset
         n_ref = min(n, split_size) if reference_n is None else reference_n
         refs = self.reference_features(n_ref, reference_offset)
         notes = list(self.notes)
@@ -176,16 +170,14 @@ class Evaluator:
         out["class_accuracy"] = None
         out["domain_fid"] = out["domain_kid_mean"] = out["domain_kid_std"] = None
         if "domain" in fake:
-            d, _ = self._scores(
-                fake["domain"], refs["domain"].features.features, prefix="domain_", full=False
-            )
+            d, _ = self._scores(fake["domain"], refs["domain"].features.features, prefix="domain_", full=False)
             out.update(d)
             if labels is not None:
                 out["class_accuracy"] = scores.class_accuracy(fake["domain"].logits, labels)
             else:
                 notes.append("class_accuracy: the samples carry no labels")
-        elif labels is not None:
-            notes.append("class_accuracy: no domain classifier for this dataset (see make classifier)")
+        elif labels is not None and self.classifier_mode is not False:
+            notes.append(f"class_accuracy: no domain classifier for {self.dataset!r} (see make classifier)")
         for note in notes:
             warnings.warn(note, stacklevel=2)
         out["num_samples"] = n
@@ -199,9 +191,7 @@ class Evaluator:
         )
         out[f"{prefix}kid_mean"], out[f"{prefix}kid_std"] = kid_mean, kid_std
         if full:
-            out["precision"], out["recall"] = scores.precision_recall(
-                real, fake.features, self.prc_neighborhood
-            )
+            out["precision"], out["recall"] = scores.precision_recall(real, fake.features, self.prc_neighborhood)
         return out, kid_size
 
     def _protocol(self, n: int, refs: dict[str, Reference], kid_size: int, notes: list[str], extra) -> dict:
@@ -283,6 +273,4 @@ def compare_datasets(a: str, b: str, n: int, **evaluator_kw) -> dict:
         sets[name], labels = ref.features, ref.labels
     if dataset_a != ev.dataset:  # b's classifier cannot judge a's labels
         labels = None
-    return ev.score(
-        sets, labels, reference_n=n, reference_offset=offset, protocol={"mode": "data", "a": a, "b": b}
-    )
+    return ev.score(sets, labels, reference_n=n, reference_offset=offset, protocol={"mode": "data", "a": a, "b": b})

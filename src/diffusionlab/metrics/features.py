@@ -163,9 +163,7 @@ def torch_fidelity_weights_from_torchscript(path: str | os.PathLike) -> dict[str
     src_convs = [k[: -len(".weight")] for k in source if k.endswith(".weight")]
     dst_convs = [k[: -len(".conv.weight")] for k in target if k.endswith(".conv.weight")]
     if len(src_convs) != len(dst_convs):
-        raise ValueError(
-            f"{path}: {len(src_convs)} conv layers, torch-fidelity's Inception has {len(dst_convs)}"
-        )
+        raise ValueError(f"{path}: {len(src_convs)} conv layers, torch-fidelity's Inception has {len(dst_convs)}")
     out: dict[str, Tensor] = {}
     for s, d in zip(src_convs, dst_convs):
         w = source[f"{s}.weight"]
@@ -182,9 +180,7 @@ def torch_fidelity_weights_from_torchscript(path: str | os.PathLike) -> dict[str
     return out
 
 
-def load_inception(
-    weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
-) -> FeatureExtractor:
+def load_inception(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> FeatureExtractor:
     """The FID Inception: downloaded through torch-fidelity if ``weights`` is None, else loaded from a file.
 
     A TorchScript file gives :class:`TorchScriptInception`; a torch-fidelity state dict (``.pth``) gives

@@ -102,9 +102,7 @@ def reference_features(
     }
     if use_cache and path.is_file():
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        return Reference(
-            FeatureSet(blob["features"], blob["logits"]), blob["labels"], blob["meta"], path, True
-        )
+        return Reference(FeatureSet(blob["features"], blob["logits"]), blob["labels"], blob["meta"], path, True)
     batches = ((images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, n, batch_size))
     sets, _ = extract_features(
         batches, {"ref": extractor}, total=n, progress=progress, desc=f"reference {split} ({extractor.name})"

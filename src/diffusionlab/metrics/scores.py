@@ -74,9 +74,7 @@ def kid(
     return float(mean), float(std), size
 
 
-def precision_recall(
-    real: Tensor, fake: Tensor, neighborhood: int = 3, batch_size: int = 1000
-) -> tuple[float, float]:
+def precision_recall(real: Tensor, fake: Tensor, neighborhood: int = 3, batch_size: int = 1000) -> tuple[float, float]:
     """Improved precision and recall (torch-fidelity): share of fake in the real manifold, and vice versa."""
     _check_pair(real, fake, min_n=neighborhood + 1)
     out = prc_features_to_metric(
@@ -95,9 +93,7 @@ def inception_score(logits: Tensor, splits: int = 10, seed: int = 2020) -> tuple
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         raise ValueError(f"logits must be a [N, K] tensor, got {getattr(logits, 'shape', type(logits))}")
     if logits.shape[0] < splits:
-        raise ValueError(
-            f"need at least splits={splits} samples for the Inception Score, got {logits.shape[0]}"
-        )
+        raise ValueError(f"need at least splits={splits} samples for the Inception Score, got {logits.shape[0]}")
     out = isc_features_to_metric(logits.cpu(), splits=splits, shuffle=True, rng_seed=seed)
     return float(out["inception_score_mean"]), float(out["inception_score_std"])
 

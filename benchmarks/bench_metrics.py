@@ -1,0 +1,112 @@
+"""Speed of the evaluation pieces on this machine: Inception feature extraction (images/s), FID and KID cost.
+
+    python benchmarks/bench_metrics.py                       # offline TorchScript Inception from ../shared
+    python benchmarks/bench_metrics.py --batches 5 --repeats 3 --json bench_metrics.json
+
+Rows (batch 50 of 28x28 grayscale images, so the resize to 299x299 is included):
+- ``inception torchscript fp32``: the offline FID Inception (the path ``metrics.json`` records);
+- ``inception torchscript bf16``: the same under ``torch.autocast('cpu', torch.bfloat16)``, with the largest
+  relative feature deviation from fp32 (FID is not computed in bf16: the deviation is too large to trust);
+- ``inception torch-fidelity fp32``: torch-fidelity's eager network holding the same weights;
+- ``domain classifier``: the MNIST CNN's features (random weights: speed only);
+- ``fid 2048-d`` / ``kid 100x1000``: seconds for one FID (2048 x 2048 eigenvalue problem, independent of n)
+  and one KID at the default subsets.
+Each row is timed ``--repeats`` times after a warm-up batch; the fastest repeat is kept (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_WEIGHTS = ROOT.parent / "shared" / "weights" / "inception-2015-12-05-pool3.torchscript.pt"
+
+
+def images_per_second(fn, images: torch.Tensor, batches: int, repeats: int) -> float:
+    with torch.inference_mode():
+        fn(images)  # warm-up (TorchScript profiles its first calls)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(batches):
+                fn(images)
+            best = min(best, time.perf_counter() - start)
+    return batches * images.shape[0] / best
+
+
+def seconds(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", default=os.environ.get("DIFFUSIONLAB_INCEPTION_WEIGHTS", str(DEFAULT_WEIGHTS)))
+    p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--batches", type=int, default=2, help="timed batches per repeat")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from diffusionlab.metrics import scores
+    from diffusionlab.metrics.classifier import ClassifierFeatures, DomainClassifier
+    from diffusionlab.metrics.features import load_inception, torch_fidelity_weights_from_torchscript
+    from diffusionlab.utils.io import atomic_write_json
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (args.batch, 1, 28, 28), dtype=torch.uint8, generator=g)
+    ts = load_inception(args.weights)
+    rows: dict[str, float] = {}
+
+    rows["inception torchscript fp32 (img/s)"] = images_per_second(ts, images, args.batches, args.repeats)
+
+    def bf16(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return ts(x)
+
+    try:
+        rows["inception torchscript bf16 (img/s)"] = images_per_second(bf16, images, args.batches, args.repeats)
+        with torch.inference_mode():
+            f32, f16 = ts(images)[0], bf16(images)[0].float()
+        rows["bf16 max |feature deviation| / max |feature|"] = float((f16 - f32).abs().max() / f32.abs().max())
+    except RuntimeError as err:  # bf16 kernels missing on this CPU
+        print(f"bf16 autocast failed: {err}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tf.pth"
+        torch.save(torch_fidelity_weights_from_torchscript(args.weights), path)
+        tf = load_inception(path)
+    rows["inception torch-fidelity fp32 (img/s)"] = images_per_second(tf, images, args.batches, args.repeats)
+
+    torch.manual_seed(0)
+    clf = ClassifierFeatures(DomainClassifier(), "mnist")
+    big = torch.randint(0, 256, (500, 1, 28, 28), dtype=torch.uint8, generator=g)
+    rows["domain classifier (img/s)"] = images_per_second(clf, big, args.batches, args.repeats)
+
+    real = torch.rand(1000, 2048, generator=g)
+    fake = torch.rand(1000, 2048, generator=g) + 0.01
+    rows["fid 2048-d, n=1000 (s)"] = seconds(lambda: scores.fid(real, fake), 1)
+    rows["kid 100 subsets x 1000 (s)"] = seconds(lambda: scores.kid(real, fake), 1)
+
+    print(f"metrics benchmark: batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    for name, value in rows.items():
+        print(f"  {name:<48} {value:10.3f}")
+    if args.json:
+        atomic_write_json(args.json, rows)
+
+
+if __name__ == "__main__":
+    main()
