@@ -26,8 +26,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 class SelfAttention2d(nn.Module):
     """``x + proj(attention(GN(x)))`` over the ``H*W`` positions, ``[B, C, H, W] -> [B, C, H, W]``.
 
-    One fused ``qkv`` projection (``C -> 3C``) and :func:`torch.nn.functional.scaled_dot_product_attention`
-    with scale ``head_dim^-0.5``. With a channels_last input the ``[B, C, H, W] <-> [B, H*W, C]`` reshapes are
+    One fused ``qkv`` projection (``C -> 3C``) and :func:`attention` (scaled dot-product, scale
+    ``head_dim^-0.5``). With a channels_last input the ``[B, C, H, W] <-> [B, H*W, C]`` reshapes are
     free views. ``proj`` starts at zero (DDPM), so a fresh block is the identity.
     """
 
