@@ -95,7 +95,7 @@ def test_wandb_logger_runs_offline(data_dir, tmp_path, monkeypatch):
 
 def test_small_model_learns_on_mnist(data_dir, tmp_path):
     """A learning test: after a few hundred steps the eps-MSE on held-out images is far below 1.0
-    (the loss of predicting zeros, since eps ~ N(0, I))."""
+    (the loss of predicting zeros, since eps ~ N(0, I)); measured 0.048 at 200 steps."""
     torch.manual_seed(0)
     cfg = compose_cfg(
         "train.yaml",
@@ -114,4 +114,4 @@ def test_small_model_learns_on_mnist(data_dir, tmp_path):
     )
     metrics = train(cfg)
     print("learning test metrics:", metrics)
-    assert metrics["val/loss"] < 0.25, metrics
+    assert metrics["val/loss"] < 0.15, metrics
