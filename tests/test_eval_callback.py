@@ -18,12 +18,20 @@ from tests.helpers import compose_cfg, run_script, train_overrides
 N, BATCH, STEPS = 24, 12, 3
 
 
+def shared_eval_cache(tmp_path_factory, data_dir):
+    """One cache for the evaluation tests of a session: reference features and a quickly trained MNIST classifier
+    (class accuracy needs one; its quality is not what these tests check)."""
+    from diffusionlab.metrics.classifier import classifier_path
+
+    cache = tmp_path_factory.getbasetemp() / "eval-cache"
+    if not classifier_path("mnist", cache).is_file():
+        train_classifier("mnist", data_dir, cache_dir=cache, epochs=1, max_train=1000, max_test=200, progress=False)
+    return cache
+
+
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory, data_dir):
-    """Reference features and a quickly trained MNIST classifier (class accuracy needs one; quality not tested)."""
-    cache = tmp_path_factory.mktemp("eval-cb-cache")
-    train_classifier("mnist", data_dir, cache_dir=cache, epochs=1, max_train=1000, max_test=200, progress=False)
-    return cache
+    return shared_eval_cache(tmp_path_factory, data_dir)
 
 
 @pytest.fixture(scope="module")

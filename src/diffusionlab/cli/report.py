@@ -240,9 +240,13 @@ def plot_sampling_steps(runs: list[dict], groups: list[str], path: Path) -> Path
         stats = [mean_std([main_row(r["rows"], s)["fid"] for r in members]) for s in steps]
         means = [m for m, _ in stats]
         stds = [s or 0.0 for _, s in stats]
-        ax.errorbar(steps, means, yerr=stds, marker="o", capsize=3, color=f"C{i}", label=f"{g} ({len(members)} runs)")
+        label = f"{g} ({len(members)} run{'s' if len(members) > 1 else ''})"
+        ax.errorbar(steps, means, yerr=stds, marker="o", capsize=3, color=f"C{i}", label=label)
     row = runs[0]["rows"][0]
     ax.set_xscale("log")
+    ticks = sorted({row["steps"] for r in runs for row in r["rows"]})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel(f"sampling steps ({row['sampler']})")
     ax.set_ylabel(f"FID (n={row['num_samples']})")
     ax.grid(alpha=0.3)
