@@ -28,8 +28,8 @@ sample:  ## sample from the newest run: make sample CKPT=logs/train/runs/<time>
 	$(PY) sample.py ckpt=$(CKPT)
 
 classifier: data  ## train and cache the MNIST and Fashion-MNIST domain classifiers used by evaluation
-	$(PY) -m diffusionlab.metrics.classifier --dataset mnist --data-dir $(DATA_DIR)
-	$(PY) -m diffusionlab.metrics.classifier --dataset fashion_mnist --data-dir $(DATA_DIR)
+	$(PY) -m diffusionlab.metrics.classifier --dataset mnist --data-dir $(DATA_DIR) --cache-dir "$${DIFFUSIONLAB_CACHE_DIR:-cache}"
+	$(PY) -m diffusionlab.metrics.classifier --dataset fashion_mnist --data-dir $(DATA_DIR) --cache-dir "$${DIFFUSIONLAB_CACHE_DIR:-cache}"
 
 bench:  ## speed and memory against peers measured in the same run (ratios); not part of the tests
 	$(PY) benchmarks/bench_unet.py --quick
