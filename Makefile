@@ -36,6 +36,7 @@ bench:  ## speed and memory against peers measured in the same run (ratios); not
 	$(PY) benchmarks/bench_sampling.py
 	$(PY) benchmarks/bench_metrics.py
 	$(PY) benchmarks/bench_latent.py
+	$(PY) benchmarks/bench_ddp.py
 
 bench-sd:  ## full-size Stable Diffusion UNet step, ours vs diffusers (slow: minutes on a CPU)
 	$(PY) benchmarks/bench_sd.py

@@ -27,9 +27,7 @@ def data_dir(tmp_path_factory) -> Path:
     """A writable data folder in torchvision's layout whose .gz files link to ../shared/datasets."""
     src = SHARED / "datasets"
     if not (src / "MNIST" / "raw").is_dir():
-        pytest.fail(
-            f"real MNIST not found under {src}: put ../shared beside the checkout (or set DIFFUSIONLAB_SHARED)"
-        )
+        pytest.fail(f"real MNIST not found under {src}: put ../shared beside the checkout (or set DIFFUSIONLAB_SHARED)")
     root = tmp_path_factory.mktemp("data")
     for name in ("MNIST", "FashionMNIST"):
         _link_dataset(src, root, name)

@@ -28,9 +28,7 @@ def _fails_with(capsys, fn, cfg, *fragments):
 
 
 def test_train_script_unknown_schedule_exits_cleanly(data_dir, tmp_path):
-    r = run_script(
-        "train.py", *train_overrides(data_dir, "diffusion.schedule=cosin", f"paths.log_dir={tmp_path}")
-    )
+    r = run_script("train.py", *train_overrides(data_dir, "diffusion.schedule=cosin", f"paths.log_dir={tmp_path}"))
     assert r.returncode == 2, r.stderr[-2000:]
     assert "unknown noise schedule 'cosin'; valid choices: linear, scaled_linear, cosine, sigmoid" in r.stderr
     assert "Traceback" not in r.stderr
@@ -39,9 +37,7 @@ def test_train_script_unknown_schedule_exits_cleanly(data_dir, tmp_path):
 def test_sample_script_unknown_sampler_lists_choices(trained_run, tmp_path):
     r = run_script("sample.py", f"ckpt={trained_run}", "sampler=dpm", f"paths.log_dir={tmp_path}")
     assert r.returncode != 0
-    assert (
-        "sampler/dpm" in r.stderr and "ddim" in r.stderr and "dpmpp_2m" in r.stderr
-    )  # Hydra lists the options
+    assert "sampler/dpm" in r.stderr and "ddim" in r.stderr and "dpmpp_2m" in r.stderr  # Hydra lists the options
 
 
 def test_sample_script_missing_checkpoint(tmp_path):
@@ -73,9 +69,7 @@ def test_checkpoint_of_another_architecture_lists_keys(trained_run, tmp_path, ca
         cfg_file.read_text().replace("channel_mult:\n  - 1\n  - 2\n", "channel_mult:\n  - 1\n  - 2\n  - 2\n")
     )
     cfg = compose_cfg("sample.yaml", [f"ckpt={run}", "n=2", "steps=2"], tmp_path / "out")
-    _fails_with(
-        capsys, sample, cfg, "does not match the network's architecture", "missing keys", "unexpected keys"
-    )
+    _fails_with(capsys, sample, cfg, "does not match the network's architecture", "missing keys", "unexpected keys")
 
 
 def test_truncated_checkpoints_are_refused(trained_run, tmp_path, capsys, data_dir):
@@ -86,9 +80,7 @@ def test_truncated_checkpoints_are_refused(trained_run, tmp_path, capsys, data_d
         f.write_bytes(f.read_bytes()[: os.path.getsize(f) // 2])
     cfg = compose_cfg("sample.yaml", [f"ckpt={run}", "n=2", "steps=2"], tmp_path / "out")
     _fails_with(capsys, sample, cfg, "ema.safetensors", "not a readable safetensors file")
-    cfg = compose_cfg(
-        "train.yaml", train_overrides(data_dir, f"ckpt_path={run}/checkpoints/last.ckpt"), tmp_path / "t"
-    )
+    cfg = compose_cfg("train.yaml", train_overrides(data_dir, f"ckpt_path={run}/checkpoints/last.ckpt"), tmp_path / "t")
     _fails_with(capsys, train, cfg, "last.ckpt", "not a readable checkpoint")
 
 
@@ -107,9 +99,7 @@ def test_pickle_with_code_is_refused(tmp_path, capsys, data_dir):
 
 
 def test_dataset_missing_offline(tmp_path, capsys):
-    cfg = compose_cfg(
-        "train.yaml", train_overrides(tmp_path / "empty", "data.download=false"), tmp_path / "t"
-    )
+    cfg = compose_cfg("train.yaml", train_overrides(tmp_path / "empty", "data.download=false"), tmp_path / "t")
     _fails_with(capsys, train, cfg, "dataset 'mnist' not found", "train-images-idx3-ubyte.gz", "MNIST/raw")
 
 
@@ -121,9 +111,7 @@ def test_image_size_the_network_cannot_take(data_dir, tmp_path, capsys):
 def test_output_folder_not_writable(trained_run, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    cfg = compose_cfg(
-        "sample.yaml", [f"ckpt={trained_run}", "n=2", "steps=2", f"out_dir={blocker}/sub"], tmp_path
-    )
+    cfg = compose_cfg("sample.yaml", [f"ckpt={trained_run}", "n=2", "steps=2", f"out_dir={blocker}/sub"], tmp_path)
     _fails_with(capsys, sample, cfg, "is not writable", str(blocker))
 
 

@@ -83,9 +83,7 @@ def test_guided_model_drives_a_sampler():
     x = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(3))
     y = torch.tensor([1, 2, 3, 4])
     sampler = get_sampler("ddim", schedule, 5)
-    guided = sampler.sample(
-        classifier_free_guidance(net, y, torch.full_like(y, NULL), 3.0), x, progress=False
-    )
+    guided = sampler.sample(classifier_free_guidance(net, y, torch.full_like(y, NULL), 3.0), x, progress=False)
     net.calls.clear()
     plain = sampler.sample(classifier_free_guidance(net, y, torch.full_like(y, NULL), 1.0), x, progress=False)
     assert len(net.calls) == 5 and all(n == 4 for n, _ in net.calls)

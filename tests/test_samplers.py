@@ -81,12 +81,7 @@ class LinearModel:
         mu, var, drift = (p.to(x.dtype) for p in (self.mu, self.var, self.drift))
         gain = var * a.sqrt() / (a * var + 1 - a)
         mixed = torch.einsum("ij,bj...->bi...", self.mix.to(x.dtype), x)
-        x0 = (
-            mu
-            + gain * (x - a.sqrt() * mu)
-            + mixed
-            + drift * (tf / len(self.abar)).reshape(a.shape).to(x.dtype)
-        )
+        x0 = mu + gain * (x - a.sqrt() * mu) + mixed + drift * (tf / len(self.abar)).reshape(a.shape).to(x.dtype)
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
         return {"eps": eps, "x0": x0, "v": a.sqrt() * eps - (1 - a).sqrt() * x0}[self.prediction]
 
@@ -99,22 +94,16 @@ def diffusers_scheduler(cls, schedule: str, prediction: str, **config):
         **DIFFUSERS_BETAS[schedule],
         **config,
     )
-    assert torch.allclose(
-        sched.alphas_cumprod.double(), SCHEDULES[schedule].alphas_cumprod, rtol=2e-5, atol=1e-7
-    )
+    assert torch.allclose(sched.alphas_cumprod.double(), SCHEDULES[schedule].alphas_cumprod, rtol=2e-5, atol=1e-7)
     sched.alphas_cumprod = SCHEDULES[schedule].alphas_cumprod.clone()
     if hasattr(sched, "final_alpha_cumprod"):
         sched.final_alpha_cumprod = (
-            torch.tensor(1.0, dtype=torch.float64)
-            if config.get("set_alpha_to_one", True)
-            else sched.alphas_cumprod[0]
+            torch.tensor(1.0, dtype=torch.float64) if config.get("set_alpha_to_one", True) else sched.alphas_cumprod[0]
         )
     return sched
 
 
-def run_diffusers(
-    sched, model, num_steps, x, *, seed=None, start_index=0, step_kw=None, timesteps=None, edit=None
-):
+def run_diffusers(sched, model, num_steps, x, *, seed=None, start_index=0, step_kw=None, timesteps=None, edit=None):
     """Plain diffusers loop from state ``x``; returns the states after every (full) step.
 
     For Heun (order 2) only the states after a complete step are recorded (after the correction, and after
@@ -194,9 +183,7 @@ def compare(
     model = LinearModel(SCHEDULES[schedule], prediction, shape)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
     sched.set_timesteps(num_steps)  # init_noise_sigma depends on the timesteps
-    theirs = run_diffusers(
-        sched, model, num_steps, noise * sched.init_noise_sigma, seed=seed, step_kw=step_kw
-    )
+    theirs = run_diffusers(sched, model, num_steps, noise * sched.init_noise_sigma, seed=seed, step_kw=step_kw)
     # same visited timesteps and start scale as diffusers
     their_t = sched.timesteps if sched.order == 1 else torch.cat([sched.timesteps[:1], sched.timesteps[1::2]])
     assert torch.allclose(sampler.timesteps.double(), their_t.double(), atol=1e-3, rtol=0), (
@@ -475,9 +462,7 @@ def test_img2img_start_and_callback_edits_match_diffusers(name):
         sched.set_begin_index(start * order)
     x_theirs = sched.add_noise(x0, noise, sched.timesteps[start * order : start * order + 1])
     x_ours = sampler.noised_start(x0, noise, start)
-    assert (
-        (vp_scale(sampler, [x_ours - x_theirs], start - 1)[0]).abs().max() < 1e-6
-    )  # diffusers: float32 sigmas
+    assert (vp_scale(sampler, [x_ours - x_theirs], start - 1)[0]).abs().max() < 1e-6  # diffusers: float32 sigmas
 
     edit = lambda x: mask * known + (1 - mask) * x
     theirs = run_diffusers(sched, model, steps, x_theirs, seed=10, start_index=start, edit=edit)
@@ -512,9 +497,7 @@ def test_stochastic_samplers_are_reproducible_and_depend_on_the_generator():
     for name, opts in (("ddpm", {}), ("ddim", dict(eta=1.0))):
         s = get_sampler(name, schedule, 10, **opts)
         x = torch.randn(2, 3, dtype=torch.float64)
-        a, b, c = (
-            s.sample(model, x, generator=torch.Generator().manual_seed(k), progress=False) for k in (0, 0, 1)
-        )
+        a, b, c = (s.sample(model, x, generator=torch.Generator().manual_seed(k), progress=False) for k in (0, 0, 1))
         assert torch.equal(a, b)
         assert not torch.allclose(a, c)
 
@@ -551,9 +534,7 @@ def test_bad_arguments_raise_clear_errors():
         get_sampler("ddim", schedule, 10).sample(lambda x, t: x, torch.zeros(1, 2), start_index=11)
 
 
-@pytest.mark.parametrize(
-    "name,spacing", list(itertools.product(SAMPLER_NAMES, ("leading", "trailing", "linspace")))
-)
+@pytest.mark.parametrize("name,spacing", list(itertools.product(SAMPLER_NAMES, ("leading", "trailing", "linspace"))))
 def test_timesteps_descend_within_training_range(name, spacing):
     s = get_sampler(name, SCHEDULES["cosine"], 17, timestep_spacing=spacing)
     assert s.timesteps.shape == (17,) and len(s.sigmas) == 18

@@ -135,9 +135,7 @@ def test_snr_sigmas_and_gather_broadcast_to_any_rank():
 
 
 def test_bad_names_and_values_raise_clear_errors():
-    with pytest.raises(
-        ValueError, match="unknown noise schedule 'quadratic'.*linear, scaled_linear, cosine, sigmoid"
-    ):
+    with pytest.raises(ValueError, match="unknown noise schedule 'quadratic'.*linear, scaled_linear, cosine, sigmoid"):
         NoiseSchedule.from_name("quadratic")
     with pytest.raises(ValueError, match="num_timesteps must be a positive integer.*0"):
         NoiseSchedule.from_name("linear", 0)

@@ -44,9 +44,7 @@ class GaussianDiffusion:
         beta_end: float | None = None,
     ):
         if isinstance(schedule, str):
-            schedule = NoiseSchedule.from_name(
-                schedule, num_timesteps, beta_start=beta_start, beta_end=beta_end
-            )
+            schedule = NoiseSchedule.from_name(schedule, num_timesteps, beta_start=beta_start, beta_end=beta_end)
         self.schedule = schedule
         self.prediction = canonical_prediction(prediction)
         if min_snr_gamma is not None and min_snr_gamma <= 0:
@@ -72,11 +70,18 @@ class GaussianDiffusion:
             return clipped / (snr + 1)
         return clipped
 
-    def drop_labels(self, y: Tensor | None, num_classes: int, generator: torch.Generator | None = None):
-        """Replace each label by the null class ``num_classes`` with probability ``cond_drop_prob``."""
+    def drop_labels(
+        self,
+        y: Tensor | None,
+        num_classes: int,
+        generator: torch.Generator | None = None,
+        shard: tuple[int, int] = (0, 1),
+    ):
+        """Replace each label by the null class ``num_classes`` with probability ``cond_drop_prob``
+        (``shard``: see :meth:`training_loss`)."""
         if y is None or self.cond_drop_prob == 0:
             return y
-        drop = torch.rand(y.shape, device=y.device, generator=generator) < self.cond_drop_prob
+        drop = _draw(torch.rand, y.shape, shard, device=y.device, generator=generator) < self.cond_drop_prob
         return torch.where(drop, torch.full_like(y, num_classes), y)
 
     def training_loss(
@@ -86,17 +91,21 @@ class GaussianDiffusion:
         y: Tensor | None = None,
         num_classes: int | None = None,
         generator: torch.Generator | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> Tensor:
         """Mean (weighted) MSE between ``net(x_t, t, y)`` and the target; ``x0`` is ``[B, C, H, W]``.
 
         ``t`` is uniform on ``{0..T-1}``; labels are dropped for guidance when ``num_classes`` is given.
+        ``shard=(rank, world)``: this batch is share ``rank`` of a global batch of ``B * world`` samples dealt
+        out round-robin (sample ``j`` here is global sample ``rank + j * world``). The random draws are made for
+        the whole global batch and this share is kept, so with one ``generator`` seed per global step every rank
+        gets different noise and together they draw exactly what one process with the global batch would.
         """
-        b = x0.shape[0]
-        t = torch.randint(0, self.num_timesteps, (b,), device=x0.device, generator=generator)
-        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        t = _draw(torch.randint, x0.shape[:1], shard, 0, self.num_timesteps, device=x0.device, generator=generator)
+        noise = _draw(torch.randn, x0.shape, shard, device=x0.device, dtype=x0.dtype, generator=generator)
         x_t = self.schedule.q_sample(x0, t, noise)
         if y is not None and num_classes is not None:
-            y = self.drop_labels(y, num_classes, generator)
+            y = self.drop_labels(y, num_classes, generator, shard)
         out = net(x_t, t, y)
         target = self.schedule.target(x0, noise, t, self.prediction)
         per_sample = (out.float() - target.float()).pow(2).flatten(1).mean(1)
@@ -108,3 +117,12 @@ class GaussianDiffusion:
             f"GaussianDiffusion(schedule={self.schedule.name!r}, T={self.num_timesteps}, "
             f"prediction={self.prediction!r}, min_snr_gamma={self.min_snr_gamma})"
         )
+
+
+def _draw(fn: Callable, shape: torch.Size, shard: tuple[int, int], *args, **kwargs) -> Tensor:
+    """``fn(*args, global_shape, **kwargs)[rank::world]``: a random draw for the global batch, this rank's share."""
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+    out = fn(*args, (shape[0] * world, *shape[1:]), **kwargs)
+    return out if world == 1 else out[rank::world]

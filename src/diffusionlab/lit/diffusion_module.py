@@ -28,6 +28,11 @@ class DiffusionModule(LightningModule):
         compile: ``torch.compile`` the training forward.
         channels_last: keep weights and batches in channels-last memory format (faster convs on CPU/GPU).
         val_seed: seeds the timesteps and noise of the validation loss, so epochs are comparable.
+        noise_seed: seeds the training draws (timesteps, noise, label dropout). Each training batch gets its
+            own generator seeded by ``(noise_seed, number of batches drawn so far)``; under DDP every rank draws
+            for the global batch and keeps its share, so ranks differ and N processes draw exactly what one
+            process with the global batch would. The counter travels in checkpoints (exact resume). ``None``:
+            a random seed (chosen on rank 0 and broadcast).
     """
 
     def __init__(
@@ -42,6 +47,7 @@ class DiffusionModule(LightningModule):
         compile: bool = False,
         channels_last: bool = False,
         val_seed: int = 0,
+        noise_seed: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["net", "diffusion", "optimizer", "scheduler"])
@@ -55,6 +61,9 @@ class DiffusionModule(LightningModule):
         self.ema = EMA(self.net, decay=ema_decay, warmup=ema_warmup, start_step=ema_start_step)
         self._train_net = torch.compile(self.net) if compile else self.net
         self.val_seed = val_seed
+        self.noise_seed = noise_seed
+        self._batches_drawn = 0
+        self._noise_gen: torch.Generator | None = None
 
     # ------------------------------------------------------------------ data hooks
     @property
@@ -76,10 +85,42 @@ class DiffusionModule(LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return x, (y if self.num_classes is not None else None)
 
+    # ------------------------------------------------------------------ training randomness
+    def setup(self, stage: str) -> None:
+        """Fix the training-noise seed (same on every rank) and give each rank its own global RNG stream
+        (dropout and anything else that draws from ``torch``'s default generator)."""
+        if stage != "fit":
+            return
+        if self.noise_seed is None:
+            self.noise_seed = int(torch.randint(0, 2**23, ()))
+        world = self.trainer.world_size
+        if world > 1:
+            self.noise_seed = int(self.trainer.strategy.broadcast(self.noise_seed, src=0))
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
+
+    def _training_generator(self, device: torch.device) -> torch.Generator:
+        """The generator of the next training batch, seeded by ``(noise_seed, batches drawn so far)``."""
+        if self._noise_gen is None or self._noise_gen.device != device:
+            self._noise_gen = torch.Generator(device=device)
+        seed = ((int(self.noise_seed or 0) % 2**23) << 40) | (self._batches_drawn % 2**40)
+        self._batches_drawn += 1
+        return self._noise_gen.manual_seed(seed)
+
+    def _shard(self) -> tuple[int, int]:
+        trainer = self._trainer
+        return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
+
     # ------------------------------------------------------------------ steps
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x, y = self._prepare(batch)
-        loss = self.diffusion.training_loss(self._train_net, x, y, num_classes=self.num_classes)
+        loss = self.diffusion.training_loss(
+            self._train_net,
+            x,
+            y,
+            num_classes=self.num_classes,
+            generator=self._training_generator(x.device),
+            shard=self._shard(),
+        )
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"training loss became {loss.item()} at global step {self.global_step} "
@@ -115,12 +156,24 @@ class DiffusionModule(LightningModule):
 
     # ------------------------------------------------------------------ resume: RNG state travels too
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["diffusionlab_rng"] = {"torch": torch.get_rng_state()}
+        checkpoint["diffusionlab_rng"] = {
+            "torch": torch.get_rng_state(),
+            "noise_seed": self.noise_seed,
+            "batches_drawn": self._batches_drawn,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the training-noise position and rank 0's global RNG state (other ranks derive theirs from
+        it, so a resumed multi-process run with dropout is not bit-identical to an uninterrupted one)."""
         state = checkpoint.get("diffusionlab_rng")
-        if state is not None:
-            torch.set_rng_state(state["torch"])
+        if state is None:
+            return
+        torch.set_rng_state(state["torch"])
+        if self._trainer is not None and self.trainer.world_size > 1:
+            torch.manual_seed(int(torch.randint(0, 2**62, ())) + self.global_rank)
+        if state.get("noise_seed") is not None:
+            self.noise_seed = state["noise_seed"]
+            self._batches_drawn = int(state["batches_drawn"])
 
     # ------------------------------------------------------------------ inference
     def sample_shape(self, x_example: Tensor | None = None) -> tuple[int, int, int]:

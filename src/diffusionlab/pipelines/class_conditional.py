@@ -54,9 +54,7 @@ def generate(
     net_was_training = net.training
     net.eval()
     gen = cpu_generator(seed)
-    smp = get_sampler(
-        sampler, diffusion.schedule, steps, prediction=diffusion.prediction, **(sampler_opts or {})
-    )
+    smp = get_sampler(sampler, diffusion.schedule, steps, prediction=diffusion.prediction, **(sampler_opts or {}))
     x = smp.prepare_noise(randn((num, *shape), gen, device=device))
 
     num_classes = getattr(net, "num_classes", None)

@@ -56,8 +56,7 @@ class Sampler:
         num_train = schedule.num_timesteps
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= num_train:
             raise ValueError(
-                f"num_steps must be an integer in [1, {num_train}] (the schedule's num_timesteps), "
-                f"got {num_steps!r}"
+                f"num_steps must be an integer in [1, {num_train}] (the schedule's num_timesteps), got {num_steps!r}"
             )
         if clip_x0 is not None and not clip_x0 > 0:
             raise ValueError(f"clip_x0 must be a positive number or None, got {clip_x0!r}")

@@ -23,9 +23,7 @@ class DDIMSampler(Sampler):
 
     name = "ddim"
 
-    def __init__(
-        self, schedule, num_steps, prediction="eps", *, eta: float = 0.0, final_alpha_one=True, **kw
-    ):
+    def __init__(self, schedule, num_steps, prediction="eps", *, eta: float = 0.0, final_alpha_one=True, **kw):
         if not eta >= 0:
             raise ValueError(f"eta must be >= 0, got {eta!r}")
         self.eta = float(eta)

@@ -40,10 +40,6 @@ class DDPMSampler(Sampler):
             math.sqrt(alpha) * (1 - abar_s) / (1 - abar_t)
         ) * x
         if self.timesteps[i] > 0:
-            var = (
-                1 - alpha
-                if self.variance == "fixed_large"
-                else max(posterior_variance(abar_t, abar_s), 1e-20)
-            )
+            var = 1 - alpha if self.variance == "fixed_large" else max(posterior_variance(abar_t, abar_s), 1e-20)
             mean = mean + math.sqrt(var) * self.randn_like(x, generator)
         return mean, x0

@@ -56,9 +56,7 @@ class DPMSolverPP2MSampler(Sampler):
         exp_neg_h = sigma_next / sigma
         last = i == self.num_steps - 1
         first_order = (
-            "x0" not in state
-            or (last and sigma_next == 0)
-            or (last and self.lower_order_final and self.num_steps < 15)
+            "x0" not in state or (last and sigma_next == 0) or (last and self.lower_order_final and self.num_steps < 15)
         )
         d = x0
         if not first_order:

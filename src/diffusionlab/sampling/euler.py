@@ -25,9 +25,7 @@ class EulerSampler(Sampler):
     name = "euler"
     ve_state = True
 
-    def __init__(
-        self, schedule, num_steps, prediction="eps", *, karras=False, final_sigmas_type="zero", **kw
-    ):
+    def __init__(self, schedule, num_steps, prediction="eps", *, karras=False, final_sigmas_type="zero", **kw):
         self.karras = bool(karras)
         self.final_sigmas_type = final_sigmas_type
         super().__init__(schedule, num_steps, prediction, **kw)

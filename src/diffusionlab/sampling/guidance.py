@@ -38,9 +38,7 @@ def classifier_free_guidance(net_fn: NetFn, cond: Tensor, uncond: Tensor, scale:
     if not isinstance(cond, Tensor) or not isinstance(uncond, Tensor):
         raise TypeError("cond and uncond must be tensors (class labels [B] or embeddings [B, ...])")
     if cond.shape[1:] != uncond.shape[1:]:
-        raise ValueError(
-            f"cond {tuple(cond.shape)} and uncond {tuple(uncond.shape)} differ beyond the batch dim"
-        )
+        raise ValueError(f"cond {tuple(cond.shape)} and uncond {tuple(uncond.shape)} differ beyond the batch dim")
     scale = float(scale)
 
     def model_fn(x: Tensor, t: Tensor) -> Tensor:

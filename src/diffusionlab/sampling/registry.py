@@ -31,9 +31,7 @@ def sampler_options(name: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def get_sampler(
-    name: str, schedule: NoiseSchedule, num_steps: int, prediction: str = "eps", **opts
-) -> Sampler:
+def get_sampler(name: str, schedule: NoiseSchedule, num_steps: int, prediction: str = "eps", **opts) -> Sampler:
     """A sampler for ``schedule`` taking ``num_steps`` steps, for a model that predicts ``prediction``.
 
     Raises ``ValueError`` for an unknown name or bad values and ``TypeError`` for an option the sampler
@@ -44,7 +42,5 @@ def get_sampler(
     valid = sampler_options(name)
     unknown = sorted(set(opts) - set(valid))
     if unknown:
-        raise TypeError(
-            f"sampler {name!r} takes no option(s) {', '.join(unknown)}; valid options: {', '.join(valid)}"
-        )
+        raise TypeError(f"sampler {name!r} takes no option(s) {', '.join(unknown)}; valid options: {', '.join(valid)}")
     return SAMPLERS[name](schedule, num_steps, prediction, **opts)

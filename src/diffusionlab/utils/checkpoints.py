@@ -29,8 +29,7 @@ def load_torch_checkpoint(path: str | Path, map_location="cpu") -> dict[str, Any
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         raise CheckpointError(
-            f"{str(path)!r} is not a readable checkpoint (truncated or not a torch file?): "
-            f"{str(err).splitlines()[0]}"
+            f"{str(path)!r} is not a readable checkpoint (truncated or not a torch file?): {str(err).splitlines()[0]}"
         ) from None
 
 

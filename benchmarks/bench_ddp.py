@@ -1,0 +1,88 @@
+"""Multi-process scaling on the CPU: the real training entry point with 1 process vs 2 DDP processes (gloo).
+
+    python benchmarks/bench_ddp.py                    # default MNIST UNet, global batch 64, fp32
+    python benchmarks/bench_ddp.py --precision bf16-mixed --steps 20
+
+Three cells, the same global batch and model (``train.py debug=fast`` with the throughput callback):
+
+* 1 process, 1 thread: the unit of work;
+* 1 process, N threads: what you get without DDP on an N-core machine;
+* N processes (``trainer=ddp_cpu``), 1 thread each, batch / N per process.
+
+Reported: median global images/s over the steps after the warm-up, scaling efficiency
+``img/s(N processes) / (N x img/s(1 process, 1 thread))`` (1.0 = perfect), and the speed-up of DDP over
+threads. On a machine shared with other jobs the wall-clock numbers move with the load: compare cells of
+one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cell(processes: int, threads: int, args, workdir: Path) -> dict:
+    out = workdir / f"p{processes}_t{threads}"
+    summary = out / "throughput.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "debug=fast",
+        f"data.batch_size={args.batch // processes}",
+        f"data.train_subset={args.batch * (args.steps + 4)}",
+        f"trainer.max_steps={args.steps}",
+        f"trainer.precision={args.precision}",
+        "module.channels_last=true",
+        "callbacks=none",
+        "+callbacks@callbacks.throughput=throughput",
+        f"callbacks.throughput.path={summary}",
+        "callbacks.throughput.warmup=3",
+        f"hydra.run.dir={out}",
+        *(["trainer=ddp_cpu", f"trainer.devices={processes}"] if processes > 1 else ["trainer=cpu"]),
+        *args.overrides,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "DIFFUSIONLAB_DATA_DIR": str(args.data_dir)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
+    if proc.returncode != 0 or not summary.is_file():
+        raise RuntimeError(f"cell {processes} processes x {threads} threads failed:\n{proc.stderr[-2000:]}")
+    return json.loads(summary.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=64, help="global batch")
+    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DIFFUSIONLAB_DATA_DIR", ROOT / "data")))
+    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("overrides", nargs="*", help="extra train.py overrides, e.g. model=context_unet")
+    args = ap.parse_args()
+    n = args.processes
+    if args.batch % n:
+        ap.error(f"--batch {args.batch} must be divisible by --processes {n}")
+    with tempfile.TemporaryDirectory() as tmp:
+        cells = {
+            "1 process x 1 thread": run_cell(1, 1, args, Path(tmp)),
+            f"1 process x {n} threads": run_cell(1, n, args, Path(tmp)),
+            f"{n} processes x 1 thread (DDP gloo)": run_cell(n, 1, args, Path(tmp)),
+        }
+    base, threaded, ddp = (c["images_per_s"] for c in cells.values())
+    timed = next(iter(cells.values()))["steps"]
+    print(f"\nglobal batch {args.batch}, {args.precision}, {args.steps} steps ({timed} timed)")
+    print(f"{'cell':40s} {'img/s':>8s} {'step s':>8s}")
+    for name, c in cells.items():
+        print(f"{name:40s} {c['images_per_s']:8.1f} {c['median_step_s']:8.3f}")
+    print(f"scaling efficiency of {n} processes: {ddp / (n * base):.2f} (1.00 = linear)")
+    print(f"DDP vs {n} threads in one process: {ddp / threaded:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
