@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -87,7 +88,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if resume_from:
         log.info("resuming from %s", resume_from)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    with warnings.catch_warnings():
+        # the EMA copy and a frozen autoencoder stay in eval mode on purpose
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     if cfg.get("test_after_fit"):  # e.g. the autoencoder's reconstruction metrics on the test split
         trainer.test(module, datamodule=datamodule)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from diffusionlab.data.datasets import CLASS_NAMES, check_dataset_name, load_dataset
-from diffusionlab.data.samplers import ResumableSampler
+from diffusionlab.data.samplers import ResumableSampler, training_sampler
 from diffusionlab.data.transforms import fit_images, uint8_to_signed
 
 
@@ -128,18 +128,9 @@ class ImageDataModule(LightningDataModule):
         )
 
     def train_sampler(self) -> ResumableSampler:
-        """Seeded, rank-sharded order; when Lightning has restored a mid-epoch checkpoint, start after the
-        batches that epoch already consumed (``batch_progress`` is restored before loaders are built)."""
+        """Seeded, rank-sharded, resumable order (:func:`training_sampler`)."""
         trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = ResumableSampler(len(self.train_set), seed=self.shuffle_seed, rank=rank, world_size=world)
-        if trainer is not None:
-            # a checkpoint saved in on_train_batch_end has processed = completed + 1 (Lightning completes the
-            # batch after the hooks and fixes the count on restart): processed is what was trained on
-            progress = trainer.fit_loop.epoch_loop.batch_progress.current
-            done = max(progress.processed, progress.completed)
-            sampler.resume_at(trainer.current_epoch, done * self.batch_size)
-        return sampler
+        return training_sampler(len(self.train_set), self.shuffle_seed, self.batch_size, trainer)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, self.train_sampler())

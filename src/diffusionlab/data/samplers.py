@@ -40,3 +40,18 @@ class ResumableSampler(Sampler[int]):
     def __len__(self) -> int:
         full = self.n // self.world_size
         return max(0, full - self.skip) if self.epoch == self.skip_epoch else full
+
+
+def training_sampler(n: int, seed: int, batch_size: int, trainer=None) -> ResumableSampler:
+    """The training sampler of a DataModule attached to ``trainer`` (or none): seeded, sharded over the
+    trainer's ranks and, when Lightning has restored a mid-epoch checkpoint, starting after the batches that
+    epoch already consumed (``batch_progress`` is restored before the loaders are built)."""
+    rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    sampler = ResumableSampler(n, seed=seed, rank=rank, world_size=world)
+    if trainer is not None:
+        # a checkpoint saved in on_train_batch_end has processed = completed + 1 (Lightning completes the
+        # batch after the hooks and fixes the count on restart): processed is what was trained on
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        done = max(progress.processed, progress.completed)
+        sampler.resume_at(trainer.current_epoch, done * batch_size)
+    return sampler
