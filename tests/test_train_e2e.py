@@ -115,3 +115,18 @@ def test_small_model_learns_on_mnist(data_dir, tmp_path):
     metrics = train(cfg)
     print("learning test metrics:", metrics)
     assert metrics["val/loss"] < 0.15, metrics
+
+
+def test_max_time_stops_mid_epoch_with_a_resumable_checkpoint(data_dir, tmp_path):
+    """trainer.max_time stops inside the first epoch (no min_epochs holding it) and leaves last.ckpt."""
+    out = tmp_path / "run"
+    overrides = train_overrides(
+        data_dir,
+        "data.train_subset=8192",  # 256 steps of 32: far more than 3 seconds
+        "trainer.max_steps=-1",
+        "trainer.max_epochs=5",
+        "trainer.max_time=00:00:00:03",
+    )
+    train(compose_cfg("train.yaml", overrides, out))
+    state = load_torch_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert 0 < state["global_step"] < 256, state["global_step"]
