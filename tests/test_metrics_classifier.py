@@ -86,3 +86,17 @@ def test_classifier_takes_only_28x28_grayscale(mnist_classifier, cache_dir):
         ext(torch.zeros(2, 3, 28, 28, dtype=torch.uint8))
     with pytest.raises(TypeError, match="uint8"):
         ext(torch.zeros(2, 1, 28, 28))
+
+
+def test_unsaved_classifiers_get_distinct_cache_keys():
+    """ClassifierFeatures without a file checksum hashes its weights (incl. 0-d int buffers), so reference
+    features of two different unsaved classifiers are never shared."""
+    import torch
+
+    from diffusionlab.metrics.classifier import ClassifierFeatures, DomainClassifier
+
+    torch.manual_seed(0)
+    a, b = DomainClassifier(), DomainClassifier()
+    ka, kb = ClassifierFeatures(a, "mnist").info()["sha256"], ClassifierFeatures(b, "mnist").info()["sha256"]
+    assert ka != kb and len(ka) == 64
+    assert ClassifierFeatures(a, "mnist").info()["sha256"] == ka  # same weights, same key

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from diffusionlab.cli.runs import LoadedRun, load_run
 from diffusionlab.cli.sample import pick_device
 from diffusionlab.data.transforms import to_native_size
-from diffusionlab.pipelines import generate
+from diffusionlab.pipelines import default_sampler_opts, generate
 from diffusionlab.utils.io import atomic_write_json, atomic_write_text, check_writable_dir
 
 log = logging.getLogger("diffusionlab.evaluate")
@@ -93,9 +93,9 @@ def _as_list(v) -> list | None:
 def evaluate_run(cfg: DictConfig, run: LoadedRun, evaluator, sampler: str, steps: int) -> dict:
     if cfg.num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 (FID needs a covariance), got {cfg.num_samples}")
-    opts = dict(cfg.sampler.get("opts") or {}) if sampler == cfg.sampler.name else {}
-    if run.decode is None:
-        opts.setdefault("clip_x0", 1.0)
+    opts = default_sampler_opts(latent=run.decode is not None)
+    if sampler == cfg.sampler.name:
+        opts.update(cfg.sampler.get("opts") or {})
     batches = sample_batches(run, cfg.num_samples, cfg.batch_size, sampler, steps, cfg.guidance, cfg.seed, opts)
     protocol = {
         "mode": "model",

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, ListConfig
 
 from diffusionlab.cli.runs import load_run
-from diffusionlab.pipelines import generate
+from diffusionlab.pipelines import default_sampler_opts, generate
 from diffusionlab.utils.images import make_grid, save_gif, save_png, to_uint8
 from diffusionlab.utils.io import check_writable_dir
 
@@ -89,8 +89,7 @@ def sample(cfg: DictConfig) -> Path:
     device = pick_device(cfg.device)
     run = load_run(cfg.ckpt, device=device)
     labels = sample_labels(cfg.get("class"), cfg.n, getattr(run.net, "num_classes", None))
-    opts = dict(cfg.sampler.get("opts") or {})
-    opts.setdefault("clip_x0", 1.0) if run.decode is None else None
+    opts = {**default_sampler_opts(latent=run.decode is not None), **(cfg.sampler.get("opts") or {})}
     frames_every = max(1, steps // cfg.gif_frames) if cfg.gif else 0
     log.info(
         "sampling %d images with %s, %d steps, guidance %.2f, seed %d",

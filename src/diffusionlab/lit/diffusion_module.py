@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from diffusionlab.diffusion.gaussian import GaussianDiffusion, NonFiniteLossError
 from diffusionlab.lit.ema import EMA
-from diffusionlab.pipelines import generate
+from diffusionlab.pipelines import default_sampler_opts, generate
 
 
 class DiffusionModule(LightningModule):
@@ -34,6 +34,8 @@ class DiffusionModule(LightningModule):
             process with the global batch would. The counter travels in checkpoints (exact resume). ``None``:
             a random seed (chosen on rank 0 and broadcast).
     """
+
+    latent = False  # True for modules that diffuse autoencoder latents (decode after sampling)
 
     def __init__(
         self,
@@ -183,8 +185,10 @@ class DiffusionModule(LightningModule):
 
     @torch.no_grad()
     def sample(self, labels: Tensor | None = None, n: int | None = None, use_ema: bool = True, **kwargs):
-        """Images in [-1, 1] from the EMA (default) or raw weights; kwargs go to :func:`generate`."""
+        """Images in [-1, 1] from the EMA (default) or raw weights; kwargs go to :func:`generate`
+        (``sampler_opts`` on top of :func:`default_sampler_opts`: x0 clamped for pixel models)."""
         net = self.ema.shadow if use_ema else self.net
+        kwargs["sampler_opts"] = {**default_sampler_opts(self.latent), **(kwargs.get("sampler_opts") or {})}
         images, trajectory = generate(
             net, self.diffusion, self.sample_shape(), labels=labels, n=n, decode=self.decode, **kwargs
         )

@@ -21,6 +21,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from torch import Tensor
 
+from diffusionlab.pipelines import default_sampler_opts
 from diffusionlab.utils.io import atomic_write_json
 
 HISTORY_FILENAME = "eval_history.json"
@@ -140,7 +141,7 @@ class EvalCallback(Callback):
     def _opts(self, pl_module: LightningModule) -> dict:
         if self.sampler_opts is not None:
             return dict(self.sampler_opts)
-        return {} if getattr(pl_module, "autoencoder", None) is not None else {"clip_x0": 1.0}
+        return default_sampler_opts(latent=getattr(pl_module, "latent", False))
 
     def sample_batches(
         self, pl_module: LightningModule, rank: int, world_size: int, progress: bool

@@ -35,6 +35,8 @@ class LatentDiffusionModule(DiffusionModule):
     (``checkpoints/autoencoder.safetensors``), so the run folder alone is enough to sample.
     """
 
+    latent = True
+
     def __init__(
         self,
         net: nn.Module,

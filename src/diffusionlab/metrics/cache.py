@@ -43,7 +43,7 @@ def sha256_tensors(*tensors: Tensor) -> str:
     for t in tensors:
         t = t.detach().contiguous().cpu()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from diffusionlab.metrics.cache import resolve_cache_dir, sha256_file
+from diffusionlab.metrics.cache import resolve_cache_dir, sha256_file, sha256_tensors
 from diffusionlab.metrics.datasets import canonical_dataset, load_split
 from diffusionlab.metrics.features import FeatureExtractor
 from diffusionlab.metrics.preprocess import check_images
@@ -207,7 +207,8 @@ class ClassifierFeatures(FeatureExtractor):
         self.model = model.eval()
         self.name = f"classifier-{classifier_dataset(dataset)}"
         self.source = "diffusionlab DomainClassifier"
-        self.sha256 = sha256
+        # without a file checksum, key caches by the weights themselves (two unsaved classifiers never share)
+        self.sha256 = sha256 or sha256_tensors(*model.state_dict().values())
         self.num_features = model.config["feature_dim"]
 
     def preprocessing(self) -> dict:

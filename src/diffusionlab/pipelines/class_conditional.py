@@ -12,6 +12,13 @@ from diffusionlab.sampling import classifier_free_guidance, get_sampler
 from diffusionlab.utils.seeding import cpu_generator, randn
 
 
+def default_sampler_opts(latent: bool) -> dict:
+    """Sampler options used unless the caller sets them: pixel models (data in [-1, 1]) clamp the predicted
+    x0 to [-1, 1] at every step, as DDPM's reference sampler and diffusers' ``clip_sample`` do (without it an
+    early model's samples can leave the data range and stay noise); latents are unbounded: no clamp."""
+    return {} if latent else {"clip_x0": 1.0}
+
+
 @torch.no_grad()
 def generate(
     net: nn.Module,

@@ -1,0 +1,159 @@
+"""Build ``walkthrough.ipynb`` from its readable source ``walkthrough.py`` and render it to ``docs/walkthrough.md``.
+
+The source is a Python file in jupytext's "percent" format: ``# %%`` starts a code cell, ``# %% [markdown]``
+a markdown cell whose lines are comments (``# text``). Edit the source, never the ``.ipynb``, then::
+
+    python notebooks/build_walkthrough.py            # rewrite notebooks/walkthrough.ipynb (no outputs)
+    python notebooks/build_walkthrough.py --check    # exit 1 if the .ipynb is out of date
+    python notebooks/build_walkthrough.py --render   # also execute it (full mode) and write docs/walkthrough.md
+                                                     # with its pictures in docs/walkthrough_files/
+
+``--render`` runs the notebook in a temporary folder with nbclient; ``--fast`` renders the quick variant the
+test suite runs, ``--run <run folder>`` samples from a longer-trained checkpoint (``DIFFUSIONLAB_WALKTHROUGH_RUN``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SOURCE = HERE / "walkthrough.py"
+NOTEBOOK = HERE / "walkthrough.ipynb"
+MARKDOWN = ROOT / "docs" / "walkthrough.md"
+FILES = MARKDOWN.parent / "walkthrough_files"
+INCEPTION = ROOT.parent / "shared" / "weights" / "inception-2015-12-05-pool3.torchscript.pt"
+
+KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+
+
+def read_cells(text: str) -> list[tuple[str, str]]:
+    """``[(kind, source)]`` with kind ``code`` or ``markdown`` from percent-format text (anything before the
+    first ``# %%`` is a header and is dropped)."""
+    cells: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        if line.startswith("# %%"):
+            cells.append(("markdown" if "[markdown]" in line else "code", []))
+        elif cells:
+            cells[-1][1].append(line)
+    out = []
+    for kind, lines in cells:
+        if kind == "markdown":
+            lines = [ln[2:] if ln.startswith("# ") else ln.lstrip("#") for ln in lines]
+        source = "\n".join(lines).strip("\n")
+        if source:
+            out.append((kind, source))
+    return out
+
+
+def build_notebook(source: Path = SOURCE) -> nbformat.NotebookNode:
+    """The notebook of ``source``: one cell per percent cell, no outputs, stable cell ids."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {"kernelspec": KERNELSPEC, "language_info": {"name": "python"}}
+    for i, (kind, text) in enumerate(read_cells(source.read_text(encoding="utf-8"))):
+        cell = nbformat.v4.new_markdown_cell(text) if kind == "markdown" else nbformat.v4.new_code_cell(text)
+        cell.id = f"cell-{i:03d}"
+        nb.cells.append(cell)
+    nbformat.validate(nb)
+    return nb
+
+
+def notebook_text(nb: nbformat.NotebookNode) -> str:
+    return nbformat.writes(nb) + "\n"
+
+
+def execute(nb: nbformat.NotebookNode, env: dict[str, str], cwd: Path, timeout: int = 900) -> nbformat.NotebookNode:
+    """Run every cell in a fresh kernel (working directory ``cwd``, environment ``env``); raise on any error."""
+    from nbclient import NotebookClient
+
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}})
+    client.execute(env=env)
+    return nb
+
+
+def _fence(text: str, lang: str = "") -> str:
+    return f"```{lang}\n{text.rstrip()}\n```"
+
+
+def render_markdown(nb: nbformat.NotebookNode, markdown: Path = MARKDOWN, files: Path = FILES) -> list[Path]:
+    """Write ``markdown`` (markdown cells as they are, code in fences, stdout and results as text, pictures as
+    PNG files in ``files``); stderr (progress bars, warnings) is left out. Returns the written pictures."""
+    files.mkdir(parents=True, exist_ok=True)
+    for old in files.glob("*.png"):
+        old.unlink()
+    parts, pictures = [], []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            parts.append(cell.source)
+            continue
+        parts.append(_fence(cell.source, "python"))
+        for output in cell.get("outputs", []):
+            if output.output_type == "stream" and output.name == "stdout":
+                parts.append(_fence(output.text))
+            elif output.output_type in ("display_data", "execute_result"):
+                data = output.get("data", {})
+                if "image/png" in data:
+                    path = files / f"cell{i:03d}_{len(pictures):02d}.png"
+                    path.write_bytes(base64.b64decode(data["image/png"]))
+                    pictures.append(path)
+                    parts.append(f"![output]({files.name}/{path.name})")
+                elif "text/plain" in data and output.output_type == "execute_result":
+                    parts.append(_fence(data["text/plain"]))
+    header = (
+        "<!-- Generated by notebooks/build_walkthrough.py --render from notebooks/walkthrough.py; "
+        "do not edit by hand. -->\n"
+    )
+    markdown.write_text(header + "\n\n".join(parts) + "\n", encoding="utf-8")
+    return pictures
+
+
+def kernel_env(fast: bool, run: str | None) -> dict[str, str]:
+    """The environment the notebook runs with: this one plus the walkthrough's parameters."""
+    env = dict(os.environ)
+    env.setdefault("DIFFUSIONLAB_DATA_DIR", str(ROOT / "data"))
+    if INCEPTION.is_file():
+        env.setdefault("DIFFUSIONLAB_INCEPTION_WEIGHTS", str(INCEPTION))
+    env["DIFFUSIONLAB_WALKTHROUGH_FAST"] = "1" if fast else "0"
+    if run:
+        env["DIFFUSIONLAB_WALKTHROUGH_RUN"] = str(Path(run).resolve())
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="only check that the .ipynb matches the source")
+    p.add_argument("--render", action="store_true", help="execute and write docs/walkthrough.md + pictures")
+    p.add_argument("--fast", action="store_true", help="render the fast variant (what the tests run)")
+    p.add_argument("--run", default=None, help="a longer-trained run folder to sample from")
+    args = p.parse_args(argv)
+
+    nb = build_notebook()
+    text = notebook_text(nb)
+    if args.check:
+        current = NOTEBOOK.read_text(encoding="utf-8") if NOTEBOOK.is_file() else ""
+        if current != text:
+            print(f"{NOTEBOOK} is out of date: run python {Path(__file__).name}", file=sys.stderr)
+            return 1
+        print(f"{NOTEBOOK.name} matches {SOURCE.name}")
+        return 0
+    NOTEBOOK.write_text(text, encoding="utf-8")
+    print(f"wrote {NOTEBOOK} ({len(nb.cells)} cells)")
+    if args.render:
+        start = time.time()
+        with tempfile.TemporaryDirectory(prefix="walkthrough-") as tmp:
+            execute(nb, kernel_env(args.fast, args.run), Path(tmp))
+        pictures = render_markdown(nb)
+        print(f"executed in {time.time() - start:.0f} s; wrote {MARKDOWN} and {len(pictures)} pictures in {FILES}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
