@@ -69,8 +69,9 @@ class EvalCallback(Callback):
         every_n_epochs: evaluate after epochs ``N-1, 2N-1, ...`` (0 disables).
         num_samples: images per evaluation (all ranks together); FID is biased at small n, compare equal n only.
         batch_size: images sampled per batch.
-        sampler, steps, guidance, seed, sampler_opts: how the samples are drawn; ``sampler_opts=None`` gives
-            ``{'clip_x0': 1.0}`` for pixel-space models (as ``evaluate.py``) and ``{}`` for latent ones.
+        sampler, steps, guidance, seed, sampler_opts: how the samples are drawn; ``sampler_opts`` go on top of
+            :func:`default_sampler_opts` (``{'clip_x0': 1.0}`` for pixel-space models, as ``evaluate.py``; ``{}``
+            for latent ones), as in ``DiffusionModule.sample``; ``{'clip_x0': None}`` turns the clamp off.
         inception_weights: None downloads the standard FID Inception; a path loads it from disk.
         classifier: ``'auto'`` | True | False: the dataset's domain classifier (class accuracy, domain FID).
         monitor: the logged key whose best value is marked in the history (``best_step``); must be one of the
@@ -139,9 +140,8 @@ class EvalCallback(Callback):
         return self._evaluator
 
     def _opts(self, pl_module: LightningModule) -> dict:
-        if self.sampler_opts is not None:
-            return dict(self.sampler_opts)
-        return default_sampler_opts(latent=getattr(pl_module, "latent", False))
+        """The options the samples are drawn with (what ``DiffusionModule.sample`` uses; also the protocol's)."""
+        return {**default_sampler_opts(latent=getattr(pl_module, "latent", False)), **(self.sampler_opts or {})}
 
     def sample_batches(
         self, pl_module: LightningModule, rank: int, world_size: int, progress: bool
