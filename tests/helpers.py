@@ -28,13 +28,19 @@ TINY_UNET = [
 ]
 
 
-def compose_cfg(config_name: str, overrides: list[str], out_dir: Path) -> DictConfig:
-    """The config an entry point would see, with its run folder set to ``out_dir``."""
+def compose_hydra_cfg(config_name: str, overrides: list[str]) -> DictConfig:
+    """The composed config including its ``hydra`` node (launcher, sweeper), registered as the current one."""
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     HydraConfig().set_config(cfg)
+    return cfg
+
+
+def compose_cfg(config_name: str, overrides: list[str], out_dir: Path) -> DictConfig:
+    """The config an entry point would see, with its run folder set to ``out_dir``."""
+    cfg = compose_hydra_cfg(config_name, overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(out_dir)
         cfg.paths.log_dir = str(out_dir.parent)

@@ -13,7 +13,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import pytest
 import torch
 
 from diffusionlab.sd.config import text_encoder_from_transformers, unet_from_diffusers, vae_from_diffusers
@@ -137,13 +136,3 @@ def saved(in_channels: int = 4) -> dict[str, Path]:
     save_file(sd, root / "model.safetensors")
     torch.save({"state_dict": sd, "global_step": 1}, root / "model.ckpt")
     return {"diffusers": folder, "safetensors": root / "model.safetensors", "ckpt": root / "model.ckpt"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP spin contention that
-    otherwise makes each tiny conv take tens of milliseconds. Import this fixture into each sd test module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

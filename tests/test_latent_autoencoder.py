@@ -29,13 +29,7 @@ from diffusionlab.sd.config import tiny
 from diffusionlab.sd.vae import AutoencoderKL
 from diffusionlab.utils.checkpoints import CheckpointError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (tests/conftest.py)
 
 
 def small_ae(seed=0, **kw):

@@ -18,14 +18,7 @@ from diffusionlab.data.latent_cache import LatentCacheDataModule
 from diffusionlab.data.transforms import uint8_to_signed
 from diffusionlab.nets.autoencoder import kl_autoencoder, load_autoencoder, save_autoencoder
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP spin contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (tests/conftest.py)
 
 
 def tiny_ae(seed: int = 0):

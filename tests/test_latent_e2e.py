@@ -25,12 +25,7 @@ PSNR_THRESHOLD = 18.0
 SSIM_THRESHOLD = 0.6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

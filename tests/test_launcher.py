@@ -4,26 +4,14 @@ runs a real two-point sweep through the same launcher code."""
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from diffusionlab.cli.resolvers import register_resolvers
-from tests.helpers import CONFIGS, run_script, train_overrides
-
-
-def _hydra_cfg(overrides: list[str]):
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    return cfg
+from tests.helpers import compose_hydra_cfg, run_script, train_overrides
 
 
 def test_slurm_launcher_takes_its_shape_from_the_trainer():
-    cfg = _hydra_cfg(["launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", "task_name=t"])
+    overrides = ["launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", "task_name=t"]
+    cfg = compose_hydra_cfg("train.yaml", overrides)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher["nodes"], launcher["tasks_per_node"], launcher["gpus_per_node"]) == (2, 4, 4)

@@ -30,13 +30,7 @@ from diffusionlab.nets.blocks import GroupNorm
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and far faster when other processes share the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (tests/conftest.py)
 
 
 def tiny_unet(**kw) -> UNet:

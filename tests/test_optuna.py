@@ -8,11 +8,9 @@ import csv
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from diffusionlab.cli.resolvers import register_resolvers, sweep_tags
-from tests.helpers import CONFIGS, compose_cfg, run_script, train_overrides
+from diffusionlab.cli.resolvers import sweep_tags
+from tests.helpers import compose_cfg, compose_hydra_cfg, run_script, train_overrides
 
 
 def test_sweep_tags_keep_overrides_and_drop_paths():
@@ -24,10 +22,7 @@ def test_sweep_tags_keep_overrides_and_drop_paths():
 
 
 def test_config_composes_with_optuna_sweeper():
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        cfg = compose(config_name="train.yaml", overrides=["hparams_search=mnist_optuna"], return_hydra_config=True)
+    cfg = compose_hydra_cfg("train.yaml", ["hparams_search=mnist_optuna"])
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"

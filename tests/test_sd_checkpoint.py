@@ -21,7 +21,9 @@ from diffusionlab.sd.checkpoint import (
 from diffusionlab.sd.config import sd15, tiny
 from diffusionlab.sd.convert import compvis_ema_key, to_compvis
 from diffusionlab.sd.pipeline import StableDiffusion
-from tests.sd_tiny import compvis_state_dict, one_thread, reference_models, saved  # noqa: F401
+from tests.sd_tiny import compvis_state_dict, reference_models, saved
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (tests/conftest.py)
 
 # Facts about SD 1.5's public checkpoint layout (diffusers' v1-5 configs).
 SD15_UNET = dict(

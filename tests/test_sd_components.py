@@ -12,7 +12,9 @@ from diffusionlab.sd.convert import convert_state_dict
 from diffusionlab.sd.key_map import COMPVIS_PREFIX
 from diffusionlab.sd.unet import UNet
 from diffusionlab.sd.vae import AutoencoderKL, DiagonalGaussian
-from tests.sd_tiny import compvis_state_dict, one_thread, our_configs, reference_models, saved  # noqa: F401
+from tests.sd_tiny import compvis_state_dict, our_configs, reference_models, saved
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (tests/conftest.py)
 
 TOL = 1e-4
 FORMATS = ("diffusers", "safetensors", "ckpt")

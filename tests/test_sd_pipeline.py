@@ -8,7 +8,9 @@ import torch
 
 from diffusionlab.sd.pipeline import StableDiffusion, check_size
 from diffusionlab.sd.tokenizer import PACKAGE_FILES
-from tests.sd_tiny import SCHEDULER, one_thread, reference_models, saved  # noqa: F401
+from tests.sd_tiny import SCHEDULER, reference_models, saved
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (tests/conftest.py)
 
 TOL = 1e-3
 PROMPT, NEGATIVE = "a photo of a cat", "blurry, low quality"

@@ -14,7 +14,9 @@ from PIL import Image
 
 from diffusionlab.sd.pipeline import StableDiffusion
 from diffusionlab.sd.run import generate
-from tests.sd_tiny import one_thread, saved  # noqa: F401
+from tests.sd_tiny import saved
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = dict(config="tiny", steps=3, height=32, width=48, progress=False)
