@@ -541,3 +541,13 @@ def test_timesteps_descend_within_training_range(name, spacing):
     assert bool((s.timesteps[1:] < s.timesteps[:-1]).all())
     assert 0 <= float(s.timesteps.min()) and float(s.timesteps.max()) <= T - 1
     assert bool((s.sigmas[1:] <= s.sigmas[:-1]).all())
+
+
+def test_default_sampler_opts_clamp_pixels_only_and_yield_to_the_caller():
+    from diffusionlab.pipelines import default_sampler_opts
+
+    assert default_sampler_opts(latent=False) == {"clip_x0": 1.0}
+    assert default_sampler_opts(latent=True) == {}
+    given = {"clip_x0": None, "eta": 1.0}
+    assert default_sampler_opts(latent=False, given=given) == given  # the caller's options win
+    assert default_sampler_opts(latent=True, given={"eta": 0.5}) == {"eta": 0.5}

@@ -93,9 +93,8 @@ def _as_list(v) -> list | None:
 def evaluate_run(cfg: DictConfig, run: LoadedRun, evaluator, sampler: str, steps: int) -> dict:
     if cfg.num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 (FID needs a covariance), got {cfg.num_samples}")
-    opts = default_sampler_opts(latent=run.decode is not None)
-    if sampler == cfg.sampler.name:
-        opts.update(cfg.sampler.get("opts") or {})
+    given = cfg.sampler.get("opts") if sampler == cfg.sampler.name else None  # a sweep's other samplers: defaults
+    opts = default_sampler_opts(latent=run.decode is not None, given=given)
     batches = sample_batches(run, cfg.num_samples, cfg.batch_size, sampler, steps, cfg.guidance, cfg.seed, opts)
     protocol = {
         "mode": "model",

@@ -89,7 +89,7 @@ def sample(cfg: DictConfig) -> Path:
     device = pick_device(cfg.device)
     run = load_run(cfg.ckpt, device=device)
     labels = sample_labels(cfg.get("class"), cfg.n, getattr(run.net, "num_classes", None))
-    opts = {**default_sampler_opts(latent=run.decode is not None), **(cfg.sampler.get("opts") or {})}
+    opts = default_sampler_opts(latent=run.decode is not None, given=cfg.sampler.get("opts"))
     frames_every = max(1, steps // cfg.gif_frames) if cfg.gif else 0
     log.info(
         "sampling %d images with %s, %d steps, guidance %.2f, seed %d",

@@ -188,7 +188,7 @@ class DiffusionModule(LightningModule):
         """Images in [-1, 1] from the EMA (default) or raw weights; kwargs go to :func:`generate`
         (``sampler_opts`` on top of :func:`default_sampler_opts`: x0 clamped for pixel models)."""
         net = self.ema.shadow if use_ema else self.net
-        kwargs["sampler_opts"] = {**default_sampler_opts(self.latent), **(kwargs.get("sampler_opts") or {})}
+        kwargs["sampler_opts"] = default_sampler_opts(self.latent, kwargs.get("sampler_opts"))
         images, trajectory = generate(
             net, self.diffusion, self.sample_shape(), labels=labels, n=n, decode=self.decode, **kwargs
         )

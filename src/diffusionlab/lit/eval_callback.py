@@ -141,7 +141,7 @@ class EvalCallback(Callback):
 
     def _opts(self, pl_module: LightningModule) -> dict:
         """The options the samples are drawn with (what ``DiffusionModule.sample`` uses; also the protocol's)."""
-        return {**default_sampler_opts(latent=getattr(pl_module, "latent", False)), **(self.sampler_opts or {})}
+        return default_sampler_opts(getattr(pl_module, "latent", False), self.sampler_opts)
 
     def sample_batches(
         self, pl_module: LightningModule, rank: int, world_size: int, progress: bool

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -12,11 +12,12 @@ from diffusionlab.sampling import classifier_free_guidance, get_sampler
 from diffusionlab.utils.seeding import cpu_generator, randn
 
 
-def default_sampler_opts(latent: bool) -> dict:
-    """Sampler options used unless the caller sets them: pixel models (data in [-1, 1]) clamp the predicted
-    x0 to [-1, 1] at every step, as DDPM's reference sampler and diffusers' ``clip_sample`` do (without it an
-    early model's samples can leave the data range and stay noise); latents are unbounded: no clamp."""
-    return {} if latent else {"clip_x0": 1.0}
+def default_sampler_opts(latent: bool, given: Mapping | None = None) -> dict:
+    """The sampler options to use: the defaults with the caller's ``given`` options on top. Pixel models (data
+    in [-1, 1]) clamp the predicted x0 to [-1, 1] at every step, as DDPM's reference sampler and diffusers'
+    ``clip_sample`` do (without it an early model's samples can leave the data range and stay noise); latents
+    are unbounded: no clamp. ``given={'clip_x0': None}`` turns the clamp off."""
+    return {**({} if latent else {"clip_x0": 1.0}), **(given or {})}
 
 
 @torch.no_grad()
