@@ -26,7 +26,8 @@ def test_evaluate_run_writes_metrics_json(trained_run, tmp_path, eval_overrides,
     out = tmp_path / "eval"
     cfg = compose_cfg(
         "evaluate.yaml",
-        [f"ckpt={trained_run}", "num_samples=24", "steps=3", f"out_dir={out}", *eval_overrides],
+        [f"ckpt={trained_run}", "num_samples=24", "steps=3", f"out_dir={out}", "precision=bf16-mixed",
+         "channels_last=true", *eval_overrides],  # fmt: skip
         tmp_path / "h",
     )
     metrics = evaluate(cfg)
@@ -36,6 +37,8 @@ def test_evaluate_run_writes_metrics_json(trained_run, tmp_path, eval_overrides,
     p = written["protocol"]
     assert p["num_samples"] == 24 and p["sampler"] == "ddim" and p["steps"] == 3 and p["seed"] == 0
     assert p["reference"]["split"] == "mnist:test" and p["feature_extractor"]["sha256"]
+    assert p["precision"] == "bf16-mixed" and p["channels_last"] is True
+    assert p["sampler_opts"] == {"clip_x0": 1.0, "eta": 0.0}
     assert metrics["fid"] > 0 and 0 <= metrics["precision"] <= 1
     assert "FID" in capsys.readouterr().out
 

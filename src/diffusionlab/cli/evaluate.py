@@ -9,11 +9,12 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import Tensor
 
 from diffusionlab.cli.runs import LoadedRun, load_run
 from diffusionlab.cli.sample import pick_device
 from diffusionlab.data.transforms import to_native_size
-from diffusionlab.pipelines import default_sampler_opts, generate
+from diffusionlab.pipelines import check_precision, default_sampler_opts, generate
 from diffusionlab.utils.io import atomic_write_json, atomic_write_text, check_writable_dir
 
 log = logging.getLogger("diffusionlab.evaluate")
@@ -31,30 +32,21 @@ def dataset_name(run_cfg: DictConfig) -> str:
 
 
 def sample_batches(
-    run: LoadedRun, n: int, batch_size: int, sampler: str, steps: int, guidance: float, seed: int, opts: dict
-) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """``n`` samples in [-1, 1] in batches, class-balanced for conditional runs (labels cycle 0..K-1);
-    batch ``i`` uses seed ``seed + i``, so the set depends only on (seed, batch_size, n). Samples of a
-    model trained on padded / resized images are brought back to the dataset's own size (MNIST 32 -> 28),
-    so they are compared with the real split as it is."""
+    run: LoadedRun, n: int, batch_size: int, seed: int, **options
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """``n`` samples ``[b, C, H, W]`` in [-1, 1] in batches, with their labels ``[b]`` (None if unconditional),
+    class-balanced for conditional runs (labels cycle 0..K-1); batch ``i`` uses seed ``seed + i``, so the set
+    depends only on (seed, batch_size, n). ``options`` go to :func:`generate` (sampler, steps, guidance,
+    sampler_opts, precision, channels_last). Samples of a model trained on padded / resized images are brought
+    back to the dataset's own size (MNIST 32 -> 28), so they are compared with the real split as it is."""
     k = getattr(run.net, "num_classes", None)
     for i, start in enumerate(range(0, n, batch_size)):
         b = min(batch_size, n - start)
         labels = (torch.arange(start, start + b) % k) if k is not None else None
         images, _ = generate(
-            run.net,
-            run.diffusion,
-            run.sample_shape,
-            labels=labels,
-            n=b,
-            sampler=sampler,
-            steps=steps,
-            guidance=guidance,
-            seed=seed + i,
-            sampler_opts=opts,
-            decode=run.decode,
-            progress=False,
-        )
+            run.net, run.diffusion, run.sample_shape, labels=labels, n=b, seed=seed + i, decode=run.decode,
+            progress=False, **options,
+        )  # fmt: skip
         yield to_native_size(images, dataset_name(run.cfg)), labels
 
 
@@ -95,16 +87,21 @@ def evaluate_run(cfg: DictConfig, run: LoadedRun, evaluator, sampler: str, steps
         raise ValueError(f"num_samples must be >= 2 (FID needs a covariance), got {cfg.num_samples}")
     given = cfg.sampler.get("opts") if sampler == cfg.sampler.name else None  # a sweep's other samplers: defaults
     opts = default_sampler_opts(latent=run.decode is not None, given=given)
-    batches = sample_batches(run, cfg.num_samples, cfg.batch_size, sampler, steps, cfg.guidance, cfg.seed, opts)
+    options = {
+        "sampler": sampler,
+        "sampler_opts": opts,
+        "steps": steps,
+        "guidance": cfg.guidance,
+        "precision": check_precision(cfg.precision),
+        "channels_last": cfg.channels_last,
+    }
+    batches = sample_batches(run, cfg.num_samples, cfg.batch_size, cfg.seed, **options)
     protocol = {
         "mode": "model",
         "run": str(run.ckpt_dir.parent),
         "global_step": run.global_step,
         "weights": "ema",
-        "sampler": sampler,
-        "sampler_opts": opts,
-        "steps": steps,
-        "guidance": cfg.guidance,
+        **options,
         "seed": cfg.seed,
         "batch_size": cfg.batch_size,
     }

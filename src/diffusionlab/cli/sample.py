@@ -113,6 +113,8 @@ def sample(cfg: DictConfig) -> Path:
         decode=run.decode,
         trajectory_every=frames_every,
         device=device,
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
     )
     tag = f"{cfg.sampler.name}_{steps}steps_g{guidance:g}_seed{cfg.seed}"
     u8 = to_uint8(images)

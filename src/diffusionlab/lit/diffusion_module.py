@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from diffusionlab.diffusion.gaussian import GaussianDiffusion, NonFiniteLossError
 from diffusionlab.lit.ema import EMA
-from diffusionlab.pipelines import default_sampler_opts, generate
+from diffusionlab.pipelines import PRECISIONS, default_sampler_opts, generate
 
 
 class DiffusionModule(LightningModule):
@@ -183,12 +183,20 @@ class DiffusionModule(LightningModule):
         net = self.net
         return (net.in_channels, net.image_size, net.image_size)
 
+    def sampling_precision(self) -> str:
+        """The trainer's precision if sampling supports it (``"bf16-mixed"``, ``"16-mixed"``), else ``"32"``."""
+        name = str(self._trainer.precision) if self._trainer is not None else "32"
+        return name if name in PRECISIONS else "32"
+
     @torch.no_grad()
     def sample(self, labels: Tensor | None = None, n: int | None = None, use_ema: bool = True, **kwargs):
         """Images in [-1, 1] from the EMA (default) or raw weights; kwargs go to :func:`generate`
-        (``sampler_opts`` on top of :func:`default_sampler_opts`: x0 clamped for pixel models)."""
+        (``sampler_opts`` on top of :func:`default_sampler_opts`: x0 clamped for pixel models; by default the
+        denoiser runs in the training precision and memory format: :meth:`sampling_precision`)."""
         net = self.ema.shadow if use_ema else self.net
         kwargs["sampler_opts"] = default_sampler_opts(self.latent, kwargs.get("sampler_opts"))
+        kwargs.setdefault("precision", self.sampling_precision())
+        kwargs.setdefault("channels_last", self.channels_last)
         images, trajectory = generate(
             net, self.diffusion, self.sample_shape(), labels=labels, n=n, decode=self.decode, **kwargs
         )

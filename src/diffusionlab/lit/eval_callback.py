@@ -178,6 +178,8 @@ class EvalCallback(Callback):
             "guidance": self.guidance,
             "seed": self.seed,
             "batch_size": self.batch_size,
+            "precision": pl_module.sampling_precision(),
+            "channels_last": pl_module.channels_last,
         }
 
     # ------------------------------------------------------------------ the evaluation

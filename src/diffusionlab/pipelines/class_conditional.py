@@ -11,6 +11,9 @@ from diffusionlab.diffusion.gaussian import GaussianDiffusion
 from diffusionlab.sampling import classifier_free_guidance, get_sampler
 from diffusionlab.utils.seeding import cpu_generator, randn
 
+PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+"""Denoiser precisions while sampling (Lightning's names): autocast dtype, None for float32."""
+
 
 def default_sampler_opts(latent: bool, given: Mapping | None = None) -> dict:
     """The sampler options to use: the defaults with the caller's ``given`` options on top. Pixel models (data
@@ -18,6 +21,29 @@ def default_sampler_opts(latent: bool, given: Mapping | None = None) -> dict:
     ``clip_sample`` do (without it an early model's samples can leave the data range and stay noise); latents
     are unbounded: no clamp. ``given={'clip_x0': None}`` turns the clamp off."""
     return {**({} if latent else {"clip_x0": 1.0}), **(given or {})}
+
+
+def check_precision(precision: str | int) -> str:
+    """``precision`` as one of :data:`PRECISIONS`' names (``32`` may come as an int from a config)."""
+    name = str(precision)
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown sampling precision {precision!r}; valid choices: {', '.join(PRECISIONS)}")
+    return name
+
+
+def mixed_precision(fn: Callable[..., Tensor], device: torch.device, precision: str | int) -> Callable[..., Tensor]:
+    """``fn(x_t, ...)`` evaluated under ``torch.autocast`` of ``precision``, its output cast back to ``x_t``'s
+    dtype, so the sampler's own arithmetic (and the noise it adds) stays in full precision; ``"32"``: ``fn``."""
+    dtype = PRECISIONS[check_precision(precision)]
+    if dtype is None:
+        return fn
+
+    def wrapped(x_t: Tensor, *args) -> Tensor:
+        with torch.autocast(device.type, dtype=dtype):
+            out = fn(x_t, *args)
+        return out.to(x_t.dtype)
+
+    return wrapped
 
 
 @torch.no_grad()
@@ -36,6 +62,8 @@ def generate(
     trajectory_every: int = 0,
     progress: bool = True,
     device: torch.device | str | None = None,
+    precision: str | int = "32",
+    channels_last: bool = False,
 ) -> tuple[Tensor, list[Tensor]]:
     """Draw samples ``[N, *shape]`` in the data space of ``net`` (pixels in [-1, 1], or latents).
 
@@ -49,6 +77,10 @@ def generate(
         seed: noise is drawn on the CPU from this seed, so samples do not depend on the device.
         decode: optional map from samples to images (latent models: the autoencoder's decoder).
         trajectory_every: if > 0, also return the predicted x0 every that many steps (and the last).
+        precision: ``"32"``, ``"bf16-mixed"`` or ``"16-mixed"``: the denoiser runs under autocast of that
+            dtype (on an AMX CPU bf16 is several times faster); the sampler's update stays float32.
+        channels_last: run the denoiser on channels-last inputs, converting ``net`` in place (as
+            ``module.channels_last`` does for training); faster convolutions on CPU and GPU.
 
     Returns ``(samples, trajectory)``; ``trajectory`` is a list of ``[N, ...]`` tensors (decoded if
     ``decode`` is given), empty unless ``trajectory_every > 0``.
@@ -59,19 +91,24 @@ def generate(
     num = len(labels) if labels is not None else n
     if guidance < 0:
         raise ValueError(f"guidance scale must be >= 0 (1 = no guidance), got {guidance}")
+    precision = check_precision(precision)
     net_was_training = net.training
     net.eval()
     gen = cpu_generator(seed)
     smp = get_sampler(sampler, diffusion.schedule, steps, prediction=diffusion.prediction, **(sampler_opts or {}))
     x = smp.prepare_noise(randn((num, *shape), gen, device=device))
 
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    net_fn = mixed_precision(lambda x_t, t, c: net(x_t.contiguous(memory_format=layout), t, c), device, precision)
+
     num_classes = getattr(net, "num_classes", None)
     if labels is not None and num_classes is not None:
         y = labels.to(device)
-        net_fn = lambda x_t, t, c: net(x_t, t, c)
         model_fn = classifier_free_guidance(net_fn, y, torch.full_like(y, num_classes), guidance)
     else:
-        model_fn = lambda x_t, t: net(x_t, t, None)
+        model_fn = lambda x_t, t: net_fn(x_t, t, None)
 
     trajectory: list[Tensor] = []
 
