@@ -26,8 +26,15 @@ def test_evaluate_run_writes_metrics_json(trained_run, tmp_path, eval_overrides,
     out = tmp_path / "eval"
     cfg = compose_cfg(
         "evaluate.yaml",
-        [f"ckpt={trained_run}", "num_samples=24", "steps=3", f"out_dir={out}", "precision=bf16-mixed",
-         "channels_last=true", *eval_overrides],  # fmt: skip
+        [
+            f"ckpt={trained_run}",
+            "num_samples=24",
+            "steps=3",
+            f"out_dir={out}",
+            "precision=bf16-mixed",
+            "channels_last=true",
+            *eval_overrides,
+        ],  # fmt: skip
         tmp_path / "h",
     )
     metrics = evaluate(cfg)
