@@ -34,7 +34,7 @@ def test_evaluate_run_writes_metrics_json(trained_run, tmp_path, eval_overrides,
             "precision=bf16-mixed",
             "channels_last=true",
             *eval_overrides,
-        ],  # fmt: skip
+        ],
         tmp_path / "h",
     )
     metrics = evaluate(cfg)
