@@ -130,3 +130,26 @@ def test_max_time_stops_mid_epoch_with_a_resumable_checkpoint(data_dir, tmp_path
     train(compose_cfg("train.yaml", overrides, out))
     state = load_torch_checkpoint(out / "checkpoints" / "last.ckpt")
     assert 0 < state["global_step"] < 256, state["global_step"]
+
+
+def test_entry_point_resume_logs_into_the_run_folder(data_dir, tmp_path):
+    """``python train.py ckpt_path=last`` continues the run's own folder: its train.log goes on, this session's
+    Hydra config lands in ``.hydra/resumed_<time>/`` (the original one untouched), and no new run folder appears."""
+    from tests.helpers import run_script
+
+    common = [*train_overrides(data_dir, "trainer.max_epochs=3"), f"paths.log_dir={tmp_path}", "task_name=resume"]
+    first = run_script("train.py", *common, "trainer.max_steps=2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    runs_root = tmp_path / "resume" / "runs"
+    (run,) = runs_root.iterdir()
+    original_overrides = (run / ".hydra" / "overrides.yaml").read_text()
+    second = run_script("train.py", *common, "trainer.max_steps=4", "ckpt_path=last")
+    assert second.returncode == 0, second.stderr[-2000:]
+
+    assert list(runs_root.iterdir()) == [run], "the resumed session made a new run folder"
+    assert load_torch_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 4
+    log = (run / "train.log").read_text()
+    assert "resuming from" in log and log.count("done: global step") == 2
+    assert (run / ".hydra" / "overrides.yaml").read_text() == original_overrides
+    (resumed,) = (run / ".hydra").glob("resumed_*")
+    assert "ckpt_path=last" in (resumed / "overrides.yaml").read_text()

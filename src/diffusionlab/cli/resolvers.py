@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import netrc
 import os
+from pathlib import Path
 
 from omegaconf import ListConfig, OmegaConf
 
@@ -42,8 +43,32 @@ def sweep_tags(tags, overrides) -> ListConfig:
     return ListConfig(out)  # a container, so OmegaConf.resolve (--resolve, saved run configs) accepts it
 
 
+def run_dir(ckpt_path: str | None, runs_root: str, new_dir: str) -> str:
+    """``hydra.run.dir``: the folder of the run that ``ckpt_path`` resumes (``last``, a run folder or a
+    ``.ckpt`` in it), so a resumed session logs into that run's ``train.log`` instead of leaving a stray new
+    folder; ``new_dir`` for a new run. A ``ckpt_path`` that does not resolve also gives ``new_dir``: the
+    training task then reports it with a clear message."""
+    from diffusionlab.cli.runs import resolve_resume_path
+
+    try:
+        resumed = resolve_resume_path(ckpt_path, runs_root)
+    except (OSError, ValueError):
+        return new_dir
+    return new_dir if resumed is None else str(Path(resumed).resolve().parent.parent)
+
+
+def hydra_subdir(ckpt_path: str | None, stamp: str) -> str:
+    """``hydra.output_subdir``: ``.hydra`` for a new run; ``.hydra/resumed_<stamp>`` for a resumed one, so the
+    run's original config and overrides stay as they were and every resume keeps its own."""
+    return ".hydra" if ckpt_path in (None, "", "null") else f".hydra/resumed_{stamp}"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("wandb_offline"):
         OmegaConf.register_new_resolver("wandb_offline", wandb_offline)
     if not OmegaConf.has_resolver("sweep_tags"):
         OmegaConf.register_new_resolver("sweep_tags", sweep_tags)
+    if not OmegaConf.has_resolver("run_dir"):
+        OmegaConf.register_new_resolver("run_dir", run_dir)
+    if not OmegaConf.has_resolver("hydra_subdir"):
+        OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir)
