@@ -6,6 +6,10 @@ compute the same function; the script checks the final samples agree before timi
 (scale 2) runs cond + uncond in one batch in both.
 
     python benchmarks/bench_sampling.py [--batch 64] [--samplers ddim dpmpp_2m euler heun ddpm] [--bf16]
+        [--channels-last]
+
+``--bf16`` autocasts both networks (what ``sample.py precision=bf16-mixed`` does for ours); ``--channels-last``
+puts both networks and their inputs in channels-last memory format (``channels_last=true``).
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ def main() -> None:
     ap.add_argument("--samplers", nargs="+", default=list(STEPS), choices=list(STEPS))
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for both")
+    ap.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs for both")
     args = ap.parse_args()
 
     from diffusers import UNet2DModel
@@ -102,11 +107,14 @@ def main() -> None:
     net.load_state_dict(convert_unet2d_state_dict(model.state_dict(), flip_sin_to_cos=False))
     model.eval()
     x_T = torch.randn(args.batch, 1, 32, 32)
+    if args.channels_last:
+        net, model = (m.to(memory_format=torch.channels_last) for m in (net, model))
+        x_T = x_T.contiguous(memory_format=torch.channels_last)
     labels = torch.arange(args.batch) % 10
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else torch.autocast("cpu", enabled=False)
     print(
         f"sampling, batch {args.batch}, CFG scale 2, {torch.get_num_threads()} threads, "
-        f"{'bf16 autocast' if args.bf16 else 'float32'}"
+        f"{'bf16 autocast' if args.bf16 else 'float32'}{', channels_last' if args.channels_last else ''}"
     )
     head = f"{'ours img/CPU-s':>15} {'diffusers img/CPU-s':>20} {'ratio':>6} {'max|diff|':>10}"
     print(f"{'sampler':10} {'steps':>5} {head}")
