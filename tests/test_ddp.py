@@ -51,6 +51,7 @@ def _train(tmp_path: Path, name: str, data_dir: Path, *extra: str) -> tuple[list
         "train.py",
         *train_overrides(data_dir),
         "trainer.max_steps=4",
+        "trainer.val_check_interval=4",  # validate after the last step (2 batches of 64)
         "module.scheduler.warmup_steps=0",
         "+callbacks.loss_log._target_=tests.loss_recorder.GlobalLossRecorder",
         f"+callbacks.loss_log.path={losses}",
@@ -64,6 +65,15 @@ def _train(tmp_path: Path, name: str, data_dir: Path, *extra: str) -> tuple[list
     assert len(runs) == 1, f"expected one run folder, got {runs}"  # no duplicated Hydra output folder per rank
     state = torch.load(runs[0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     return json.loads(losses.read_text()), state, runs[0]
+
+
+def _val_scores(state: dict) -> dict[str, float]:
+    """The monitored validation values the checkpoint callbacks recorded (``val/loss_ema``)."""
+    return {
+        k: float(v["current_score"])
+        for k, v in state["callbacks"].items()
+        if "val/loss_ema" in k and v.get("current_score") is not None
+    }
 
 
 @pytest.mark.slow
@@ -85,6 +95,12 @@ def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
     print(f"max weight difference after 4 steps: {max(diffs):.2e}")
     assert max(diffs) < 1e-4
     assert (run / "checkpoints" / "ema.safetensors").is_file()
+    # validation is dealt out by whole batches with the single-process noise seeds: the same val losses
+    val_one, val_two = _val_scores(one_state), _val_scores(two_state)
+    print("val/loss_ema 1 process:", val_one, "2 processes:", val_two)
+    assert val_one and val_one.keys() == val_two.keys()
+    for k in val_one:
+        assert abs(val_one[k] - val_two[k]) <= 1e-5 * abs(val_one[k]), (val_one, val_two)
     throughput = json.loads((run / "throughput.json").read_text())  # written once, by rank 0
     assert throughput["world_size"] == 2 and throughput["global_batch"] == 16 and throughput["images_per_s"] > 0
 

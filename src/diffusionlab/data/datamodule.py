@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from diffusionlab.data.datasets import CLASS_NAMES, check_dataset_name, load_dataset
-from diffusionlab.data.samplers import ResumableSampler, training_sampler
+from diffusionlab.data.samplers import ResumableSampler, eval_batch_sampler, training_sampler
 from diffusionlab.data.transforms import fit_images, uint8_to_signed
 
 
@@ -115,14 +115,19 @@ class ImageDataModule(LightningDataModule):
                 images, labels = images[: self.test_subset], labels[: self.test_subset]
             self.test_set = InMemoryImages(images, labels)
 
-    def _loader(self, ds: Dataset, batch_size: int, sampler: ResumableSampler | None = None) -> DataLoader:
+    def _loader(self, ds: Dataset, batch_size: int, train: bool = False) -> DataLoader:
+        """Training: seeded, rank-sharded, resumable order (:meth:`train_sampler`), full batches only;
+        validation / test: the fixed order, whole batches dealt to ranks (:func:`eval_batch_sampler`)."""
+        trainer = getattr(self, "trainer", None)
+        if train:
+            batching = {"batch_size": batch_size, "sampler": self.train_sampler(), "drop_last": True}
+        else:
+            batching = {"batch_sampler": eval_batch_sampler(len(ds), batch_size, trainer)}
         return DataLoader(
             ds,
-            batch_size=batch_size,
-            sampler=sampler,
+            **batching,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            drop_last=sampler is not None,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.shuffle_seed),  # keeps the global RNG untouched
         )
@@ -133,7 +138,7 @@ class ImageDataModule(LightningDataModule):
         return training_sampler(len(self.train_set), self.shuffle_seed, self.batch_size, trainer)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, self.train_sampler())
+        return self._loader(self.train_set, self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.eval_batch_size)

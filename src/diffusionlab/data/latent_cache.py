@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from diffusionlab.data.samplers import training_sampler
+from diffusionlab.data.samplers import eval_batch_sampler, training_sampler
 from diffusionlab.metrics.cache import sha256_file, sha256_json, sha256_tensors
 from diffusionlab.nets.autoencoder import latent_shape
 from diffusionlab.utils.io import atomic_write_json
@@ -353,19 +353,21 @@ class LatentCacheDataModule(LightningDataModule):
         return sum(f["bytes"] for f in manifest["files"].values()) / manifest["count"]
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
-        """Training: the image DataModule's seeded, rank-sharded, resumable order (``shuffle_seed``)."""
+        """Training: the image DataModule's seeded, rank-sharded, resumable order (``shuffle_seed``), full
+        batches only; validation / test: the fixed order, whole batches dealt to ranks."""
         if split not in self.datasets:
             raise RuntimeError(f"the {split} latents are not set up: call setup() with the matching stage first")
         dataset = self.datasets[split]
-        sampler = None
+        trainer = getattr(self, "trainer", None)
         if shuffle:
             seed = int(getattr(self.images, "shuffle_seed", 0))
-            sampler = training_sampler(len(dataset), seed, batch_size, getattr(self, "trainer", None))
+            sampler = training_sampler(len(dataset), seed, batch_size, trainer)
+            batching = {"batch_size": batch_size, "sampler": sampler, "drop_last": True}
+        else:
+            batching = {"batch_sampler": eval_batch_sampler(len(dataset), batch_size, trainer)}
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            drop_last=shuffle,
+            **batching,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

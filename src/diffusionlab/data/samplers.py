@@ -1,7 +1,10 @@
-"""A training sampler that shuffles by (seed, epoch), shards across ranks and can start part-way into an
-epoch, so a resumed run sees exactly the batches an uninterrupted run would have seen."""
+"""Samplers that make multi-process runs see what one process would: a training sampler that shuffles by
+(seed, epoch), shards across ranks and can start part-way into an epoch (a resumed run sees exactly the batches
+an uninterrupted run would have seen), and an evaluation batch sampler that deals whole batches to ranks."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.utils.data import Sampler
@@ -55,3 +58,44 @@ def training_sampler(n: int, seed: int, batch_size: int, trainer=None) -> Resuma
         done = max(progress.processed, progress.completed)
         sampler.resume_at(trainer.current_epoch, done * batch_size)
     return sampler
+
+
+class EvalBatchSampler(Sampler[list[int]]):
+    """Batches of a fixed-order evaluation set dealt to ranks whole: batch ``i`` holds items
+    ``[i * B, (i + 1) * B)`` and rank ``r`` of ``W`` gets batches ``r, r + W, ...``. Every batch is evaluated
+    once, by one rank, exactly as a single process evaluates it (seed per-batch noise with
+    :func:`global_batch_index`). With fewer batches than ranks the batches are made smaller
+    (``ceil(n / W)`` items) so that every rank has at least one and takes part in the epoch-end reduction."""
+
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if n < world_size:
+            raise ValueError(f"an evaluation set of {n} items cannot give each of {world_size} ranks a batch")
+        if math.ceil(n / batch_size) < world_size:
+            batch_size = math.ceil(n / world_size)
+        self.n, self.batch_size, self.rank, self.world_size = n, batch_size, rank, world_size
+
+    def _mine(self) -> range:
+        return range(self.rank, math.ceil(self.n / self.batch_size), self.world_size)
+
+    def __iter__(self):
+        for i in self._mine():
+            yield list(range(i * self.batch_size, min(self.n, (i + 1) * self.batch_size)))
+
+    def __len__(self) -> int:
+        return len(self._mine())
+
+
+def eval_batch_sampler(n: int, batch_size: int, trainer=None) -> EvalBatchSampler:
+    """The validation/test batch sampler of a DataModule attached to ``trainer`` (or none: one process)."""
+    rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    return EvalBatchSampler(n, batch_size, rank, world)
+
+
+def global_batch_index(batch_idx: int, trainer=None) -> int:
+    """The position of this rank's ``batch_idx``-th evaluation batch in the single-process order
+    (:class:`EvalBatchSampler` deals batch ``batch_idx * W + rank`` to rank ``rank``)."""
+    if trainer is None:
+        return batch_idx
+    return batch_idx * trainer.world_size + trainer.global_rank

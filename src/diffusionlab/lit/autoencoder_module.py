@@ -20,8 +20,10 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torch.utils.data import DataLoader
+from torchmetrics.aggregation import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from diffusionlab.data.samplers import global_batch_index
 from diffusionlab.lit.callbacks import log_image
 from diffusionlab.lit.diffusion_module import DiffusionModule
 from diffusionlab.metrics import distributed, extract_features, load_inception, quantize, scores
@@ -74,6 +76,8 @@ class AutoencoderModule(LightningModule):
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
         self.test_psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
         self.test_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        self.val_means = torch.nn.ModuleDict({k: MeanMetric() for k in ("loss", "rec_loss", "kl")})
+        self.test_rec_loss = MeanMetric()
         self._recon_batch: Tensor | None = None
         self.fid_inception = fid_inception
         self._fid_pairs: list[tuple[Tensor, Tensor]] = []
@@ -99,14 +103,16 @@ class AutoencoderModule(LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x = batch[0]
-        gen = torch.Generator(device="cpu").manual_seed(self.val_seed + batch_idx)
+        index = global_batch_index(batch_idx, self._trainer)  # the same posterior draws as one process
+        gen = torch.Generator(device="cpu").manual_seed(self.val_seed + index)
         loss, rec, kl = self.losses(x, generator=gen)
         x_hat = self.reconstruct(x)
         self.val_psnr(_unit(x_hat), _unit(x))
-        kw = dict(sync_dist=True, batch_size=len(x))
-        self.log_dict({"val/loss": loss, "val/rec_loss": rec, "val/kl": kl}, **kw)
+        for key, value in (("loss", loss), ("rec_loss", rec), ("kl", kl)):
+            self.val_means[key].update(value, weight=len(x))  # summed over ranks at the epoch's end
+            self.log(f"val/{key}", self.val_means[key], batch_size=len(x))
         self.log("val/psnr", self.val_psnr, prog_bar=True, batch_size=len(x))
-        if batch_idx == 0:
+        if index == 0:
             self._recon_batch = torch.cat([x[: self.num_recon], x_hat[: self.num_recon]]).cpu()
 
     def on_validation_epoch_end(self) -> None:
@@ -130,7 +136,8 @@ class AutoencoderModule(LightningModule):
         x_hat, x01 = _unit(recon), _unit(x)
         self.test_psnr(x_hat, x01)
         self.test_ssim(x_hat, x01)
-        self.log("test/rec_loss", self.rec_loss(recon, x), sync_dist=True, batch_size=len(x))
+        self.test_rec_loss.update(self.rec_loss(recon, x), weight=len(x))
+        self.log("test/rec_loss", self.test_rec_loss, batch_size=len(x))
         self.log_dict({"test/psnr": self.test_psnr, "test/ssim": self.test_ssim}, batch_size=len(x))
         if self.fid_inception:
             self._fid_pairs.append((quantize(x), quantize(recon)))

@@ -7,7 +7,9 @@ from collections.abc import Callable
 import torch
 from lightning import LightningModule
 from torch import Tensor, nn
+from torchmetrics.aggregation import MeanMetric
 
+from diffusionlab.data.samplers import global_batch_index
 from diffusionlab.diffusion.gaussian import GaussianDiffusion, NonFiniteLossError
 from diffusionlab.lit.ema import EMA
 from diffusionlab.pipelines import PRECISIONS, default_sampler_opts, generate
@@ -63,6 +65,7 @@ class DiffusionModule(LightningModule):
         self.ema = EMA(self.net, decay=ema_decay, warmup=ema_warmup, start_step=ema_start_step)
         self._train_net = torch.compile(self.net) if compile else self.net
         self.val_seed = val_seed
+        self.val_losses = nn.ModuleDict({"loss": MeanMetric(), "loss_ema": MeanMetric()})
         self.noise_seed = noise_seed
         self._batches_drawn = 0
         self._noise_gen: torch.Generator | None = None
@@ -138,12 +141,15 @@ class DiffusionModule(LightningModule):
         self.ema.update(self.net, self.global_step)
 
     def validation_step(self, batch, batch_idx: int) -> None:
+        """``val/loss`` and ``val/loss_ema`` on noise seeded by the batch's single-process position, averaged
+        over all images of all ranks (:class:`MeanMetric` sums across ranks): the value one process gets."""
         x, y = self._prepare(batch)
-        gen = torch.Generator(device=x.device).manual_seed(self.val_seed + batch_idx)
-        for name, net in (("val/loss", self.net), ("val/loss_ema", self.ema.shadow)):
+        seed = self.val_seed + global_batch_index(batch_idx, self._trainer)
+        for key, net in (("loss", self.net), ("loss_ema", self.ema.shadow)):
+            gen = torch.Generator(device=x.device).manual_seed(seed)
             loss = self.diffusion.training_loss(net, x, y, num_classes=self.num_classes, generator=gen)
-            gen.manual_seed(self.val_seed + batch_idx)
-            self.log(name, loss, prog_bar=name == "val/loss", sync_dist=True, batch_size=len(x))
+            self.val_losses[key].update(loss, weight=len(x))
+            self.log(f"val/{key}", self.val_losses[key], prog_bar=key == "loss", batch_size=len(x))
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
