@@ -196,6 +196,26 @@ def test_items_are_fresh_posterior_samples_or_the_mean(data_dir, tmp_path):
     assert torch.equal(fixed.datasets["train"][5][0], mean)
 
 
+def test_training_draws_are_keyed_by_epoch_and_index_not_the_global_rng(data_dir, tmp_path):
+    """The training loader asks for ``(epoch, i)``: the same draw in any process and after a resume, a fresh
+    one every epoch, and the global RNG untouched (a resumed latent run sees the latents it would have seen)."""
+    dm = make_dm(data_dir, tmp_path, tiny_ae(), sample=True)
+    dm.setup("fit")
+    ds = dm.datasets["train"]
+    state = torch.get_rng_state()
+    a = ds[(3, 5)][0]
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(123)  # another global state: same draw
+    assert torch.equal(ds[(3, 5)][0], a)
+    assert not torch.equal(ds[(4, 5)][0], a) and not torch.equal(ds[(3, 6)][0], ds[(4, 6)][0])
+    first = [z for z, _ in dm.train_dataloader()]
+    other = make_dm(data_dir, tmp_path, tiny_ae(), sample=True)  # a new process, say: the same cache
+    other.setup("fit")
+    torch.manual_seed(7)
+    again = [z for z, _ in other.train_dataloader()]
+    assert len(first) == len(again) > 0 and all(torch.equal(u, v) for u, v in zip(first, again))
+
+
 def test_flipped_images_are_cached_in_both_orientations(data_dir, tmp_path):
     ae = tiny_ae()
     dm = make_dm(data_dir, tmp_path, ae, hflip=True, sample=False)

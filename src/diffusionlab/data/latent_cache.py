@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from diffusionlab.data.samplers import eval_batch_sampler, training_sampler
+from diffusionlab.data.samplers import EpochTaggedSampler, eval_batch_sampler, training_sampler
 from diffusionlab.metrics.cache import sha256_file, sha256_json, sha256_tensors
 from diffusionlab.nets.autoencoder import latent_shape
 from diffusionlab.utils.io import atomic_write_json
@@ -85,11 +85,14 @@ class LatentDataset(Dataset):
     """One cached split: items ``(z [z, h, w] float32, label long)``; arrays opened lazily (memory-mapped,
     so worker processes share the page cache instead of copies).
 
-    ``sample``: ``z = mean + std * eps`` with fresh ``eps`` per draw (global RNG), or with ``fixed_noise``
-    the same ``eps`` for item ``i`` every time (seeded by ``i``: validation losses stay comparable)."""
+    ``sample``: ``z = mean + std * eps`` (else the mean). The view (of several cached augmentations) and ``eps``
+    of an item asked for as ``(epoch, i)`` (the training loader, :class:`EpochTaggedSampler`) come from a
+    generator seeded by ``(seed, epoch, i)``: fresh every epoch, and what an uninterrupted single process draws
+    after a resume or on any rank. A plain index ``i`` draws from the global RNG, or with ``fixed_noise`` the
+    same as epoch 0 every time (validation losses stay comparable)."""
 
-    def __init__(self, folder: str | Path, sample: bool = True, fixed_noise: bool = False):
-        self.folder, self.sample, self.fixed_noise = Path(folder), sample, fixed_noise
+    def __init__(self, folder: str | Path, sample: bool = True, fixed_noise: bool = False, seed: int = 0):
+        self.folder, self.sample, self.fixed_noise, self.seed = Path(folder), sample, fixed_noise, seed
         manifest = json.loads((self.folder / MANIFEST).read_text())
         self.count, self.views = manifest["count"], manifest["views"]
         self._arrays = None
@@ -108,12 +111,23 @@ class LatentDataset(Dataset):
     def __len__(self) -> int:
         return self.count
 
-    def __getitem__(self, i: int):
+    def _generator(self, key) -> tuple[int, torch.Generator | None]:
+        """``(i, generator)`` for an index or an ``(epoch, i)`` key (None: the global RNG)."""
+        if isinstance(key, (tuple, list)):
+            epoch, i = (int(k) for k in key)
+        else:
+            epoch, i = 0, int(key)
+            if not self.fixed_noise:
+                return i, None
+        # hash() of a tuple of ints is the same in every process (no hash randomisation for ints)
+        return i, torch.Generator().manual_seed(hash((self.seed, epoch, i)) & (2**63 - 1))
+
+    def __getitem__(self, key):
+        i, gen = self._generator(key)
         mean, std, labels = self._open()
-        v = int(torch.randint(self.views, ())) if self.views > 1 else 0
+        v = int(torch.randint(self.views, (), generator=gen)) if self.views > 1 else 0
         z = torch.from_numpy(np.array(mean[v, i], dtype=np.float32))  # a copy: the mmap is read-only
         if self.sample:
-            gen = torch.Generator().manual_seed(int(i)) if self.fixed_noise else None
             eps = torch.randn(z.shape, generator=gen)
             z = z + torch.from_numpy(np.array(std[v, i], dtype=np.float32)) * eps
         return z, labels[i]
@@ -344,7 +358,8 @@ class LatentCacheDataModule(LightningDataModule):
         if not builder:
             folders = {s: self.ensure_cache(s, build=False) for s in splits}
         for split, folder in folders.items():
-            self.datasets[split] = LatentDataset(folder, sample=self.sample, fixed_noise=split != "train")
+            seed = int(getattr(self.images, "shuffle_seed", 0))
+            self.datasets[split] = LatentDataset(folder, sample=self.sample, fixed_noise=split != "train", seed=seed)
 
     def cache_bytes_per_image(self, split: str = "train") -> float:
         """Bytes on disk per image of a built cache (mean + std + label, all views)."""
@@ -361,7 +376,7 @@ class LatentCacheDataModule(LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if shuffle:
             seed = int(getattr(self.images, "shuffle_seed", 0))
-            sampler = training_sampler(len(dataset), seed, batch_size, trainer)
+            sampler = EpochTaggedSampler(training_sampler(len(dataset), seed, batch_size, trainer))
             batching = {"batch_size": batch_size, "sampler": sampler, "drop_last": True}
         else:
             batching = {"batch_sampler": eval_batch_sampler(len(dataset), batch_size, trainer)}

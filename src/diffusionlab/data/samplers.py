@@ -45,6 +45,24 @@ class ResumableSampler(Sampler[int]):
         return max(0, full - self.skip) if self.epoch == self.skip_epoch else full
 
 
+class EpochTaggedSampler(Sampler[tuple[int, int]]):
+    """``(epoch, i)`` for every index ``i`` of a :class:`ResumableSampler` (whose epoch Lightning sets through
+    ``set_epoch``), so a dataset can seed per-item randomness by epoch and index instead of the global RNG."""
+
+    def __init__(self, sampler: ResumableSampler):
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = self.sampler.epoch
+        return ((epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 def training_sampler(n: int, seed: int, batch_size: int, trainer=None) -> ResumableSampler:
     """The training sampler of a DataModule attached to ``trainer`` (or none): seeded, sharded over the
     trainer's ranks and, when Lightning has restored a mid-epoch checkpoint, starting after the batches that
