@@ -689,6 +689,7 @@ show(out.images * 2 - 1, nrow=1, title="random weights")
 #
 # ```python
 # from diffusionlab.sd import StableDiffusion
+#
 # sd = StableDiffusion.from_single_file("v1-5-pruned-emaonly.safetensors", dtype=torch.bfloat16)
 # image = sd.txt2img("a photo of a cat", steps=30, sampler="dpmpp_2m", guidance=7.5, seed=42).images[0]
 # ```
