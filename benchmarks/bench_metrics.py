@@ -4,7 +4,10 @@
     python benchmarks/bench_metrics.py --batches 5 --repeats 3 --json bench_metrics.json
 
 Rows (batch 50 of 28x28 grayscale images, so the resize to 299x299 is included):
-- ``inception torchscript fp32``: the offline FID Inception (the path ``metrics.json`` records);
+- ``inception torchscript fp32``: the offline FID Inception as the TorchScript graph (the reference);
+- ``inception folded fp32``: the default extractor, the same network with batch norms folded, a grayscale
+  first conv and channels-last (:mod:`diffusionlab.metrics.inception_folded`), its speed-up over the
+  TorchScript graph and its largest relative feature deviation from it (must stay < 1e-3);
 - ``inception torchscript bf16``: the same under ``torch.autocast('cpu', torch.bfloat16)``, with the largest
   relative feature deviation from fp32 (FID is not computed in bf16: the deviation is too large to trust);
 - ``inception torch-fidelity fp32``: torch-fidelity's eager network holding the same weights;
@@ -68,10 +71,17 @@ def main() -> None:
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.batch, 1, 28, 28), dtype=torch.uint8, generator=g)
-    ts = load_inception(args.weights)
+    ts = load_inception(args.weights, folded=False)
+    folded = load_inception(args.weights)
     rows: dict[str, float] = {}
 
     rows["inception torchscript fp32 (img/s)"] = images_per_second(ts, images, args.batches, args.repeats)
+    rows["inception folded fp32 (img/s)"] = images_per_second(folded, images, args.batches, args.repeats)
+    speedup = rows["inception folded fp32 (img/s)"] / rows["inception torchscript fp32 (img/s)"]
+    rows["folded / torchscript (x)"] = speedup
+    with torch.inference_mode():
+        ref, fast = ts(images)[0], folded(images)[0]
+    rows["folded max relative feature deviation"] = float(((fast - ref).norm(dim=1) / ref.norm(dim=1)).max())
 
     def bf16(x):
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -88,7 +98,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "tf.pth"
         torch.save(torch_fidelity_weights_from_torchscript(args.weights), path)
-        tf = load_inception(path)
+        tf = load_inception(path, folded=False)
     rows["inception torch-fidelity fp32 (img/s)"] = images_per_second(tf, images, args.batches, args.repeats)
 
     torch.manual_seed(0)

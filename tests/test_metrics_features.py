@@ -11,6 +11,7 @@ import torch
 from diffusionlab.metrics.classifier import ClassifierFeatures, DomainClassifier
 from diffusionlab.metrics.datasets import load_split
 from diffusionlab.metrics.features import (
+    FoldedInception,
     TorchFidelityInception,
     TorchScriptInception,
     extract_features,
@@ -31,7 +32,7 @@ def ts_path(shared_dir):
 
 @pytest.fixture(scope="module")
 def torchscript(ts_path):
-    return load_inception(ts_path)
+    return load_inception(ts_path, folded=False)
 
 
 def test_torchscript_features_equal_torch_fidelity_network_on_the_same_weights(
@@ -41,7 +42,7 @@ def test_torchscript_features_equal_torch_fidelity_network_on_the_same_weights(
     resizes and scales inside) holding the same weights: grayscale 28x28 MNIST and RGB 32x32 noise."""
     weights = tmp_path / "tf.pth"
     torch.save(torch_fidelity_weights_from_torchscript(ts_path), weights)
-    oracle = load_inception(weights)
+    oracle = load_inception(weights, folded=False)
     assert isinstance(oracle, TorchFidelityInception) and isinstance(torchscript, TorchScriptInception)
 
     mnist = load_split("mnist", "test", data_dir)[0][:4]
@@ -52,6 +53,40 @@ def test_torchscript_features_equal_torch_fidelity_network_on_the_same_weights(
         assert ours.shape == (len(images), 2048) and logits is None and ref_logits is None
         assert ours.abs().mean() > 0.05  # real, non-trivial activations
         torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_folded_inception_features_equal_the_torchscript_graph_on_64_real_mnist_images(ts_path, torchscript, data_dir):
+    """The fast default extractor (batch norms folded, grayscale first conv, channels-last) against the
+    TorchScript graph on 64 real MNIST test images and on RGB noise: features equal to 1e-4 relative per
+    image (measured ~1e-6), so FIDs do not move; same name and sha256, so caches are shared."""
+    folded = load_inception(ts_path)
+    assert isinstance(folded, FoldedInception) and not folded.has_logits
+    assert (folded.name, folded.sha256) == (torchscript.name, torchscript.sha256)
+    mnist = load_split("mnist", "test", data_dir)[0][:64]
+    rgb = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    for images in (mnist, rgb):
+        ours, logits = folded(images)
+        ref, _ = torchscript(images)
+        assert logits is None and ours.shape == ref.shape == (len(images), 2048)
+        rel = (ours - ref).norm(dim=1) / ref.norm(dim=1)
+        assert rel.max() < 1e-4, f"max relative feature error {rel.max():.2e}"
+
+
+def test_folded_inception_keeps_torch_fidelity_logits(ts_path, tmp_path):
+    """With a classifier in the weights (here: the converted weights with a random fc), the folded net gives
+    torch-fidelity's unbiased logits (``features @ fc.weight.T``) for Inception Score."""
+    state = torch_fidelity_weights_from_torchscript(ts_path)
+    state["fc.weight"] = torch.randn(state["fc.weight"].shape, generator=torch.Generator().manual_seed(0))
+    weights = tmp_path / "with_fc.pth"
+    torch.save(state, weights)
+    oracle = load_inception(weights, folded=False)
+    folded = load_inception(weights)
+    assert oracle.has_logits and folded.has_logits
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    feats, logits = folded(images)
+    ref_feats, ref_logits = oracle(images)
+    torch.testing.assert_close(feats, ref_feats, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-3, rtol=1e-4)
 
 
 def test_info_records_source_and_sha256(ts_path, torchscript):

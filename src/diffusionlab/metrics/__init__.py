@@ -17,6 +17,7 @@ from diffusionlab.metrics.evaluate import Evaluator, compare_datasets, evaluate_
 from diffusionlab.metrics.features import (
     FeatureExtractor,
     FeatureSet,
+    FoldedInception,
     TorchFidelityInception,
     TorchScriptInception,
     extract_features,
@@ -34,6 +35,7 @@ __all__ = [
     "FeatureSet",
     "Reference",
     "TorchFidelityInception",
+    "FoldedInception",
     "TorchScriptInception",
     "class_accuracy",
     "classifier_path",

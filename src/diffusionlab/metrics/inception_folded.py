@@ -1,0 +1,115 @@
+"""The FID Inception in eager PyTorch with every batch norm folded into its convolution: the fast extractor.
+
+The network and weights are those of :class:`~diffusionlab.metrics.features.TorchScriptInception` and
+torch-fidelity's ``FeatureExtractorInceptionV3`` (TensorFlow Inception-v3 2015-12-05). Three exact rewrites
+make it faster in float32, with no change of precision (features equal the TorchScript graph to ~1e-6
+relative, measured on real MNIST; ``tests/test_metrics_features.py`` asserts 1e-4):
+
+- ``conv -> batch norm (eval) -> ReLU`` becomes ``conv(weight * s, bias) -> ReLU`` with
+  ``s = gamma / sqrt(var + eps)`` and ``bias = beta - mean * s``: one pass over each activation, not three;
+- grayscale input: the first conv sees three equal channels, so it equals a 1-channel conv whose weight is
+  the sum over the input channels, and the 28 -> 299 resize runs on one channel instead of three;
+- channels-last activations end to end (oneDNN's fastest layout for these convolutions).
+
+Measured on this CPU (1 thread, batch 32 of 28x28 MNIST): the TorchScript graph 7.8 CPU-s, this 5.2 CPU-s
+before the grayscale rewrite (``benchmarks/bench_metrics.py`` prints the current ratio).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffusionlab.metrics.preprocess import INCEPTION_SIZE, check_images, resize_tf1_bilinear
+
+# torch-fidelity's FeatureExtractorInceptionV3 attributes, in forward order, up to the 2048-d pool3 features
+LAYERS = (
+    "Conv2d_1a_3x3",
+    "Conv2d_2a_3x3",
+    "Conv2d_2b_3x3",
+    "MaxPool_1",
+    "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3",
+    "MaxPool_2",
+    "Mixed_5b",
+    "Mixed_5c",
+    "Mixed_5d",
+    "Mixed_6a",
+    "Mixed_6b",
+    "Mixed_6c",
+    "Mixed_6d",
+    "Mixed_6e",
+    "Mixed_7a",
+    "Mixed_7b",
+    "Mixed_7c",
+)
+
+
+class FoldedConvReLU(nn.Module):
+    """torch-fidelity's ``BasicConv2d`` (conv without bias, eval-mode batch norm, ReLU) as one biased conv
+    and an in-place ReLU: ``[B, C_in, H, W] -> [B, C_out, H', W']``, same strides and padding."""
+
+    def __init__(self, basic_conv: nn.Module):
+        super().__init__()
+        conv, bn = basic_conv.conv, basic_conv.bn
+        with torch.no_grad():
+            scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+            weight = (conv.weight.double() * scale[:, None, None, None]).float()
+            bias = (bn.bias.double() - bn.running_mean.double() * scale).float()
+        self.stride, self.padding = conv.stride, conv.padding
+        self.weight = nn.Parameter(weight.contiguous(memory_format=torch.channels_last), requires_grad=False)
+        self.bias = nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu_(F.conv2d(x, self.weight, self.bias, self.stride, self.padding))
+
+
+def _is_basic_conv(module: nn.Module) -> bool:
+    conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
+    return isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+
+
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """``module`` with every ``BasicConv2d`` (a module with ``conv`` and ``bn``) in it, or itself, replaced by
+    a :class:`FoldedConvReLU` (children are replaced in place)."""
+    if _is_basic_conv(module):
+        return FoldedConvReLU(module)
+    for name, child in module.named_children():
+        setattr(module, name, fold_batch_norms(child))
+    return module
+
+
+class FoldedInceptionNet(nn.Module):
+    """uint8 images ``[B, 1 | 3, H, W]`` -> (pool3 features ``[B, 2048]`` float32, unbiased logits
+    ``[B, 1008]`` float32 or None).
+
+    Built from a torch-fidelity ``FeatureExtractorInceptionV3`` holding the weights (its modules are taken
+    over and folded; ``with_logits`` keeps its ``fc`` weight for Inception Score). Preprocessing is
+    :func:`~diffusionlab.metrics.preprocess.inception_input`'s: TF-1.x bilinear resize to 299, ``x/128 - 1``.
+    """
+
+    def __init__(self, tf_inception: nn.Module, with_logits: bool):
+        super().__init__()
+        self.layers = nn.ModuleList(fold_batch_norms(getattr(tf_inception, name)) for name in LAYERS)
+        first = self.layers[0]
+        # three equal input channels: the same conv as one channel with the weight summed over channels
+        self.gray_weight = nn.Parameter(first.weight.sum(1, keepdim=True).contiguous(), requires_grad=False)
+        self.fc_weight = (
+            nn.Parameter(tf_inception.fc.weight.detach().clone(), requires_grad=False) if with_logits else None
+        )
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        check_images(images)
+        if images.dtype != torch.uint8:
+            raise TypeError(f"expected uint8 images (use quantize first), got {images.dtype}")
+        x = resize_tf1_bilinear(images.to(self.gray_weight.device).float(), INCEPTION_SIZE)
+        x = ((x - 128) / 128).contiguous(memory_format=torch.channels_last)  # [B, 1|3, 299, 299]
+        first = self.layers[0]
+        weight = self.gray_weight if images.shape[1] == 1 else first.weight
+        x = F.relu_(F.conv2d(x, weight, first.bias, first.stride, first.padding))  # [B, 32, 149, 149]
+        for layer in self.layers[1:]:
+            x = layer(x)  # ... -> [B, 2048, 8, 8]
+        feats = x.mean((2, 3))  # [B, 2048]
+        logits = feats @ self.fc_weight.T if self.fc_weight is not None else None  # [B, 1008]
+        return feats, logits
