@@ -361,6 +361,10 @@ def test_groupnorm_bf16_channels_last_fast_path_matches_float32(silu):
     ref_w, ref_b = ref.weight.grad, ref.bias.grad
     torch.testing.assert_close(w_grad, ref_w, atol=0.1, rtol=2e-2)
     torch.testing.assert_close(b_grad, ref_b, atol=0.1, rtol=2e-2)
+    with torch.no_grad():  # sampling: the NCHW-copy forward without autograd
+        fast = ours(x.contiguous(memory_format=torch.channels_last))
+    assert fast.dtype == torch.bfloat16 and fast.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast.float(), expected.detach(), atol=3e-2, rtol=2e-2)
 
 
 def test_attention_bf16_training_path_matches_sdpa():
