@@ -3,7 +3,8 @@
     python benchmarks/bench_unet.py            # eager cells + torch.compile for bf16/channels_last (~30 min)
     python benchmarks/bench_unet.py --quick    # channels_last only, 3 timed steps, no compile (~5 min)
 
-Models: the default MNIST model ``configs/model/unet_small.yaml`` at 32x32 (diffusers' ``UNet2DModel`` built
+Models: ``unet_small_28``, experiment=mnist_fast's network (``unet_small`` at native 28x28, attention at 7x7),
+the default MNIST model ``configs/model/unet_small.yaml`` at 32x32 (diffusers' ``UNet2DModel`` built
 from :func:`diffusionlab.nets.diffusers_unet2d_config`, asserted to have the same parameter count) and
 ``configs/model/context_unet.yaml`` at 28x28 (no diffusers counterpart: no ratio).
 
@@ -40,7 +41,14 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = ROOT / "configs" / "model"
 DATA = {  # what the default MNIST data config gives the model configs
     "unet_small": {"channels": 1, "num_classes": 10, "image_size": 32},
+    "unet_small_28": {"channels": 1, "num_classes": 10, "image_size": 28},
     "context_unet": {"channels": 1, "num_classes": 10, "image_size": 28},
+}
+# bench name -> (model config, overrides): unet_small_28 is experiment=mnist_fast's network (native 28x28)
+MODELS = {
+    "unet_small": ("unet_small", {}),
+    "unet_small_28": ("unet_small", {"attention_resolutions": [7]}),
+    "context_unet": ("context_unet", {}),
 }
 NUM_TIMESTEPS = 400
 
@@ -58,7 +66,7 @@ def build(model: str, impl: str):
         {
             "data": DATA[model],
             "diffusion": {"num_timesteps": NUM_TIMESTEPS},
-            "model": OmegaConf.load(MODEL_CONFIGS / f"{model}.yaml"),
+            "model": OmegaConf.merge(OmegaConf.load(MODEL_CONFIGS / f"{MODELS[model][0]}.yaml"), MODELS[model][1]),
         }
     )
     if impl == "ours":
@@ -122,6 +130,11 @@ def worker(spec: dict) -> dict:
             cpu.append(time.process_time() - c0)
         return statistics.median(wall), statistics.median(cpu)
 
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as flops:
+        train_step()
+    flop_per_image = flops.get_total_flops() / batch
     try:
         Path("/proc/self/clear_refs").write_text("5")
         peak_reset = True
@@ -149,7 +162,25 @@ def worker(spec: dict) -> dict:
         "peak_mb": peak_mb,
         "peak_reset": peak_reset,
         "warmup_s": warmup_s,
+        "gflop_per_image": flop_per_image / 1e9,
+        "tflops": flop_per_image * batch / cpu / 1e12,  # achieved per CPU-second (= per core)
     }
+
+
+def bf16_matmul_peak(threads: int, n: int = 4096, repeats: int = 5) -> float:
+    """Measured bf16 matmul TFLOP/s per CPU-second (``n x n @ n x n``, best of ``repeats``): the peak the
+    table's '% peak' refers to."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        c0 = time.process_time()
+        a @ b
+        best = min(best, time.process_time() - c0)
+    return 2 * n**3 / best / 1e12
 
 
 # ----------------------------------------------------------------------------------------------- driver
@@ -178,13 +209,15 @@ def _num(r: dict | None, key: str, pattern: str) -> str:
     return "-" if r[key] is None else pattern.format(r[key])
 
 
-def print_table(rows: list[dict], header_note: str) -> None:
+def print_table(rows: list[dict], header_note: str, peak: float) -> None:
     cols = (
-        f"{'model':<12} {'prec':<4} {'ch_last':<7} {'compile':<7} | {'img/s':>6} {'img/cpu-s':>9} {'fwd/cpu-s':>9} "
-        f"{'MB':>5} | {'img/s':>6} {'img/cpu-s':>9} {'fwd/cpu-s':>9} {'MB':>5} | {'ratio':>5} {'fwd':>5} {'mem':>5}"
+        f"{'model':<13} {'prec':<4} {'ch_last':<7} {'compile':<7} | {'img/s':>6} {'img/cpu-s':>9} {'fwd/cpu-s':>9} "
+        f"{'MB':>5} | {'img/s':>6} {'img/cpu-s':>9} {'fwd/cpu-s':>9} {'MB':>5} | {'ratio':>5} {'fwd':>5} {'mem':>5} "
+        f"| {'GFLOP/img':>9} {'TFLOP/s':>7} {'% peak':>6}"
     )
     print(header_note)
-    print(f"{'':<35} | {'ours':^33} | {'diffusers UNet2DModel':^33} | {'ours / diffusers':^17}")
+    print(f"measured bf16 matmul peak: {peak:.3f} TFLOP/s per core (4096^3, same run)")
+    print(f"{'':<36} | {'ours':^33} | {'diffusers UNet2DModel':^33} | {'ours / diffusers':^17} | {'ours':^25}")
     print(cols)
     print("-" * len(cols))
     for row in rows:
@@ -201,9 +234,12 @@ def print_table(rows: list[dict], header_note: str) -> None:
                 f"{_num(r, 'images_per_s', '{:.1f}'):>6} {_num(r, 'images_per_cpu_s', '{:.1f}'):>9} "
                 f"{_num(r, 'fwd_images_per_cpu_s', '{:.1f}'):>9} {_num(r, 'peak_mb', '{:.0f}'):>5}"
             )
+        gflop = _num(ours, "gflop_per_image", "{:.3f}")
+        tflops = _num(ours, "tflops", "{:.3f}")
+        share = "-" if "error" in ours else f"{100 * ours['tflops'] / peak:.1f}"
         print(
-            f"{row['model']:<12} {row['precision']:<4} {str(row['channels_last']):<7} {str(row['compile']):<7} | "
-            f"{cells[0]} | {cells[1]} | {ratio:>5} {fwd:>5} {mem:>5}"
+            f"{row['model']:<13} {row['precision']:<4} {str(row['channels_last']):<7} {str(row['compile']):<7} | "
+            f"{cells[0]} | {cells[1]} | {ratio:>5} {fwd:>5} {mem:>5} | {gflop:>9} {tflops:>7} {share:>6}"
         )
         for name, r in (("ours", ours), ("diffusers", theirs)):
             if r and "error" in r:
@@ -269,10 +305,13 @@ def main() -> None:
     ]
     import torch
 
+    peak = bf16_matmul_peak(args.threads)
     print_table(
         rows,
         f"\ntraining step (fwd + bwd + AdamW), batch {args.batch}, {args.threads} thread(s), median of {steps} "
-        f"steps, torch {torch.__version__}; MB = peak RSS increase during training; ratios from img/cpu-s",
+        f"steps, torch {torch.__version__}; MB = peak RSS increase during training; ratios from img/cpu-s; "
+        "TFLOP/s = GFLOP per training image (torch.utils.flop_counter) x img/cpu-s",
+        peak,
     )
     if args.json:
         sys.path.insert(0, str(ROOT / "src"))
