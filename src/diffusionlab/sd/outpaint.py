@@ -22,18 +22,19 @@ FILLS = ("edge", "gray")
 EXAMPLE = "left:128,right:128"
 
 
-def _pixels(side: str, value, factor: int, what: str = "extend") -> int:
+def _pixels(name: str, value, factor: int) -> int:
+    """A non-negative multiple of ``factor`` (an int or its digits), else a ``ValueError`` naming ``name``."""
     if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what} {side} must be a whole number of pixels, got {value!r} (e.g. {side}:128)")
+        raise ValueError(f"{name} must be a whole number of pixels, got {value!r}")
     if value < 0:
-        raise ValueError(f"{what} {side} must be >= 0 pixels, got {value}; outpainting only grows the canvas")
+        raise ValueError(f"{name} must be >= 0 pixels, got {value}; outpainting only grows the canvas")
     if value % factor:
-        low = value // factor * factor
+        low = value // factor * factor or factor
         raise ValueError(
-            f"{what} {side}={value} must be a multiple of {factor} (the VAE works on {factor}x{factor} "
-            f"patches); for example {low or factor} or {low + factor}"
+            f"{name}={value} must be a multiple of {factor} (the VAE works on {factor}x{factor} patches); "
+            f"for example {low} or {low + factor}"
         )
     return value
 
@@ -52,19 +53,17 @@ def parse_extend(extend, factor: int = 8) -> dict[str, int]:
         raise ValueError(f"extend must be side:pixels entries like {EXAMPLE!r}, got {extend!r}")
     out = dict.fromkeys(SIDES, 0)
     seen = set()
-    for entry in entries:
-        if isinstance(entry, str):
-            if entry.count(":") != 1:
-                raise ValueError(f"extend entries are side:pixels (e.g. {EXAMPLE}), got {entry!r}")
-            entry = tuple(entry.split(":"))
-        side, value = entry
-        side = side.strip().lower()
+    for raw in entries:
+        entry = raw.split(":") if isinstance(raw, str) else raw
+        if isinstance(entry, str) or not isinstance(entry, Sequence) or len(entry) != 2:
+            raise ValueError(f"extend entries are side:pixels (e.g. {EXAMPLE}), got {raw!r}")
+        side, value = str(entry[0]).strip().lower(), entry[1]
         if side not in SIDES:
             raise ValueError(f"unknown side {side!r} in extend; valid sides: {', '.join(SIDES)}")
         if side in seen:
             raise ValueError(f"extend names side {side!r} twice; give each side once, e.g. {EXAMPLE}")
         seen.add(side)
-        out[side] = _pixels(side, value, factor)
+        out[side] = _pixels(f"extend {side}", value, factor)
     if not any(out.values()):
         raise ValueError(f"extend {extend!r} adds no pixels; give at least one side > 0, e.g. {EXAMPLE}")
     return out
@@ -83,7 +82,7 @@ def outpaint_canvas(
     sides = parse_extend(extend, factor)
     if fill not in FILLS:
         raise ValueError(f"unknown fill {fill!r}; valid choices: {', '.join(FILLS)}")
-    overlap = _pixels("overlap", overlap, factor, what="outpaint")
+    overlap = _pixels("outpaint overlap", overlap, factor)
     h, w = image.shape[-2:]
     top, bottom, left, right = (sides[s] for s in SIDES)
     for size, name, a, b in ((w, "width", left, right), (h, "height", top, bottom)):
