@@ -17,7 +17,6 @@ from diffusionlab.cli.argv import quote_spec_overrides
 from diffusionlab.sd.outpaint import outpaint_canvas, parse_extend
 from diffusionlab.sd.pipeline import StableDiffusion
 from diffusionlab.sd.run import generate
-from tests.helpers import run_script
 from tests.sd_tiny import diffusers_pipe, saved
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (tests/conftest.py)
@@ -148,15 +147,18 @@ def write_png(path, h: int, w: int) -> None:
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
 
 
-def test_sample_script_outpaints_to_the_grown_size(tmp_path):
-    """The README's command as typed (the unquoted comma form) through the real entry point."""
+def test_sample_entry_point_outpaints_to_the_grown_size(tmp_path):
+    """The README's command line as typed (the unquoted comma form, quoted as sample.py does before Hydra
+    parses it), through the sample task in-process."""
+    from diffusionlab.cli.sample import sample
+    from tests.helpers import compose_cfg
+
     write_png(tmp_path / "photo.png", 24, 32)
+    argv = ["model=sd15", f"sd.checkpoint={saved()['safetensors']}", "+sd.config=tiny", "mode=outpaint",
+            f"init_image={tmp_path / 'photo.png'}", "extend=left:16,right:8", "prompt=a wide landscape", "steps=2",
+            "n=1", "seed=7", "sd.height=null", "sd.width=null", "sampler=ddim", "device=cpu"]  # fmt: skip
     out = tmp_path / "out"
-    r = run_script("sample.py", "model=sd15", f"sd.checkpoint={saved()['safetensors']}", "+sd.config=tiny",
-                   "mode=outpaint", f"init_image={tmp_path / 'photo.png'}", "extend=left:16,right:8",
-                   "prompt=a wide landscape", "steps=2", "n=1", "seed=7", "sd.height=null", "sd.width=null",
-                   "sampler=ddim", f"out_dir={out}", f"paths.log_dir={tmp_path}", "device=cpu")  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    sample(compose_cfg("sample.yaml", quote_spec_overrides(argv), out))
     with Image.open(out / "images" / "000.png") as im:
         written = np.asarray(im.convert("RGB"))
     assert written.shape == (24, 56, 3)
@@ -165,9 +167,8 @@ def test_sample_script_outpaints_to_the_grown_size(tmp_path):
     assert record["extend"] == {"top": 0, "bottom": 0, "left": 16, "right": 8} and record["fill"] == "edge"
     # the PNG holds exactly the Python API's image
     sd = StableDiffusion.from_single_file(saved()["safetensors"], "tiny")
-    direct = sd.outpaint(
-        tmp_path / "photo.png", "left:16,right:8", PROMPT, steps=2, sampler="ddim", seed=7, progress=False
-    )
+    direct = sd.outpaint(tmp_path / "photo.png", "left:16,right:8", PROMPT, steps=2, sampler="ddim", seed=7,
+                         progress=False)  # fmt: skip
     assert np.array_equal(written, (direct.images[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
 
 
