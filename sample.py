@@ -1,8 +1,11 @@
 """Sample from a trained run: `python sample.py ckpt=<run> sampler=ddim steps=50 guidance=2 class=7 n=64`."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from diffusionlab.cli.argv import quote_spec_overrides
 from diffusionlab.cli.errors import exit_on_user_error
 from diffusionlab.cli.resolvers import register_resolvers
 
@@ -18,4 +21,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = quote_spec_overrides(sys.argv)  # extend=left:128,right:128 is one value, not a sweep
     main()

@@ -118,9 +118,13 @@ _ROOT = Path(tempfile.mkdtemp(prefix="diffusionlab-sd-tests-"))
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 
 
-@functools.lru_cache(maxsize=4)
 def saved(in_channels: int = 4) -> dict[str, Path]:
     """Write the reference models once: ``{"diffusers": folder, "safetensors": file, "ckpt": file}``."""
+    return _saved(in_channels)  # one cache entry per channel count, however it is called
+
+
+@functools.lru_cache(maxsize=4)
+def _saved(in_channels: int) -> dict[str, Path]:
     from diffusers import DDIMScheduler
     from safetensors.torch import save_file
 
@@ -136,3 +140,32 @@ def saved(in_channels: int = 4) -> dict[str, Path]:
     save_file(sd, root / "model.safetensors")
     torch.save({"state_dict": sd, "global_step": 1}, root / "model.ckpt")
     return {"diffusers": folder, "safetensors": root / "model.safetensors", "ckpt": root / "model.ckpt"}
+
+
+def diffusers_pipe(kind: str = "", scheduler: str = "ddim", in_channels: int = 4):
+    """diffusers' ``StableDiffusion{kind}Pipeline`` on the reference models, DDIM or DPM-Solver++(2M)."""
+    import diffusers
+    from transformers import CLIPTokenizer
+
+    if scheduler == "ddim":
+        sched = diffusers.DDIMScheduler(**SCHEDULER)
+    else:
+        sched = diffusers.DPMSolverMultistepScheduler(
+            **{k: v for k, v in SCHEDULER.items() if k not in ("set_alpha_to_one", "clip_sample")},
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+        )
+    models = reference_models(in_channels)
+    cls = getattr(diffusers, f"StableDiffusion{kind}Pipeline")
+    pipe = cls(
+        vae=models["vae"],
+        text_encoder=models["text_encoder"],
+        tokenizer=CLIPTokenizer.from_pretrained(PACKAGE_FILES),
+        unet=models["unet"],
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

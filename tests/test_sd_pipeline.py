@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from diffusionlab.sd.pipeline import StableDiffusion, check_size
-from diffusionlab.sd.tokenizer import PACKAGE_FILES
-from tests.sd_tiny import SCHEDULER, reference_models, saved
+from tests.sd_tiny import diffusers_pipe, saved
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (tests/conftest.py)
 
@@ -19,34 +18,6 @@ PROMPT, NEGATIVE = "a photo of a cat", "blurry, low quality"
 @pytest.fixture(scope="module")
 def sd() -> StableDiffusion:
     return StableDiffusion.from_diffusers(saved()["diffusers"])
-
-
-def diffusers_pipe(kind: str = "", scheduler: str = "ddim", in_channels: int = 4):
-    import diffusers
-    from transformers import CLIPTokenizer
-
-    if scheduler == "ddim":
-        sched = diffusers.DDIMScheduler(**SCHEDULER)
-    else:
-        sched = diffusers.DPMSolverMultistepScheduler(
-            **{k: v for k, v in SCHEDULER.items() if k not in ("set_alpha_to_one", "clip_sample")},
-            algorithm_type="dpmsolver++",
-            solver_order=2,
-        )
-    models = reference_models(in_channels)
-    cls = getattr(diffusers, f"StableDiffusion{kind}Pipeline")
-    pipe = cls(
-        vae=models["vae"],
-        text_encoder=models["text_encoder"],
-        tokenizer=CLIPTokenizer.from_pretrained(PACKAGE_FILES),
-        unet=models["unet"],
-        scheduler=sched,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def maxdiff(a, b) -> float:

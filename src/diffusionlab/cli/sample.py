@@ -44,6 +44,7 @@ SD_KEYS = (
     "mode",
     "init_image",
     "mask",
+    "extend",
     "strength",
     "height",
     "width",

@@ -1,5 +1,5 @@
 """Stable Diffusion 1.5 rebuilt in plain PyTorch: CLIP tokenizer and text encoder, KL autoencoder, UNet,
-checkpoint loading (original single files and diffusers folders) and the txt2img / img2img / inpaint
+checkpoint loading (original single files and diffusers folders) and the txt2img / img2img / inpaint / outpaint
 pipelines. ``StableDiffusion.from_single_file(path)`` is the usual entry point."""
 
 from diffusionlab.sd.checkpoint import CheckpointError, load_diffusers, load_single_file

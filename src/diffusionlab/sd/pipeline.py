@@ -1,9 +1,11 @@
-"""Stable Diffusion pipelines: text-to-image, image-to-image and inpainting on our components.
+"""Stable Diffusion pipelines: text-to-image, image-to-image, inpainting and outpainting on our components.
 
 Images in and out are ``[B, 3, H, W]`` floats in [0, 1] (PIL images and paths are accepted as inputs);
 masks are ``[B, 1, H, W]`` in [0, 1], 1 = repaint. Latents are in diffusion space (``scale_factor * z``).
 Sampling uses :mod:`diffusionlab.sampling` with SD's scheduler config and classifier-free guidance
-``eps_u + guidance (eps_c - eps_u)``.
+``eps_u + guidance (eps_c - eps_u)``. img2img, inpaint and outpaint share one preparation of their start
+(:meth:`StableDiffusion._image_start`); outpaint grows the canvas (:mod:`diffusionlab.sd.outpaint`) and
+inpaints it.
 """
 
 from __future__ import annotations
@@ -12,12 +14,9 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 
 from diffusionlab.diffusion.schedule import NoiseSchedule
@@ -30,8 +29,12 @@ from diffusionlab.sampling import (
 )
 from diffusionlab.sd.checkpoint import load_diffusers, load_single_file
 from diffusionlab.sd.config import SDConfig
+from diffusionlab.sd.inputs import check_size, load_image, load_mask, match_batch
+from diffusionlab.sd.outpaint import outpaint_canvas
 from diffusionlab.sd.tokenizer import CLIPTokenizer
 from diffusionlab.utils.seeding import cpu_generator, randn
+
+__all__ = ["DTYPES", "SDOutput", "StableDiffusion", "check_size", "load_image", "resolve_dtype"]
 
 DTYPES = {
     "float32": torch.float32,
@@ -72,41 +75,26 @@ class SDOutput:
     trajectory_x0: Tensor | None = None
 
 
-# ------------------------------------------------------------------------------------------ inputs
-def load_image(image, mode: str = "RGB") -> Tensor:
-    """A path, PIL image, uint8 array or float tensor in [0, 1] -> ``[B, C, H, W]`` float32 in [0, 1]."""
-    if isinstance(image, str | os.PathLike):
-        path = Path(image)
-        if not path.exists():
-            raise FileNotFoundError(f"image {str(path)!r} does not exist")
-        with Image.open(path) as im:
-            image = im.convert(mode)
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert(mode))
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise TypeError(f"image arrays must be uint8 [H, W(, C)], got {image.dtype}")
-        arr = image[..., None] if image.ndim == 2 else image
-        image = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
-    if not isinstance(image, Tensor):
-        raise TypeError(f"expected an image path, PIL image, uint8 array or tensor, got {type(image).__name__}")
-    image = image.float()
-    while image.ndim < 4:
-        image = image.unsqueeze(0)
-    if image.min() < 0 or image.max() > 1:
-        raise ValueError(f"image tensors must hold values in [0, 1], got [{image.min():.3g}, {image.max():.3g}]")
-    return image
+@dataclass
+class Start:
+    """Where a pipeline starts, for a batch of B = prompts x n: the sampler state ``x`` ``[B, 4, h, w]`` at
+    grid index ``start``, drawn from standard-normal ``noise`` (same shape). img2img / inpaint / outpaint
+    also keep ``image`` ``[B, 3, H, W]`` in [0, 1], its encoding ``init`` ``[B, 4, h, w]`` (a posterior
+    sample) and inpainting's ``mask`` ``[B, 1, H, W]`` in {0, 1} (1 = repaint) with ``mask_latent``, the
+    mask at latent size ``[B, 1, h, w]`` (nearest)."""
 
-
-def check_size(height: int, width: int, factor: int = 8) -> None:
-    """Both sides must be positive multiples of the VAE's downsampling ``factor``."""
-    for name, v in (("height", height), ("width", width)):
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v % factor:
-            lower = max(factor, (v // factor) * factor) if isinstance(v, int) and v > 0 else 512
-            raise ValueError(
-                f"{name} must be a positive multiple of {factor} (the VAE works on {factor}x{factor} "
-                f"patches), got {v!r}; for example {lower} or {lower + factor}"
-            )
+    prompts: list[str]
+    negatives: list[str]
+    generator: torch.Generator
+    seed: int
+    sampler: Sampler
+    start: int
+    noise: Tensor
+    x: Tensor
+    image: Tensor | None = None
+    init: Tensor | None = None
+    mask: Tensor | None = None
+    mask_latent: Tensor | None = None
 
 
 # ------------------------------------------------------------------------------------------ pipeline
@@ -304,8 +292,61 @@ class StableDiffusion:
             trajectory_x0=traj_x0,
         )
 
-    def _noise(self, shape, generator) -> Tensor:
-        return randn(shape, generator, device=self.device, dtype=torch.float32)
+    def _noise(self, shape: tuple[int, ...], generator, latents: Tensor | None = None) -> Tensor:
+        """Standard-normal float32 ``shape`` on the model's device: the given ``latents`` (checked), or drawn."""
+        if latents is None:
+            return randn(shape, generator, device=self.device, dtype=torch.float32)
+        if tuple(latents.shape) != tuple(shape):
+            raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+        return latents.to(self.device, torch.float32)
+
+    def _image_start(
+        self,
+        init_image,
+        prompt,
+        negative_prompt,
+        *,
+        mask=None,
+        strength: float,
+        steps: int,
+        sampler: str,
+        seed: int | None,
+        generator: torch.Generator | None,
+        n: int,
+        latents: Tensor | None = None,
+        sampler_options: dict | None = None,
+        pure_noise_at_full_strength: bool = False,
+    ) -> Start:
+        """The shared preparation of img2img / inpaint / outpaint: check and batch the image (and mask),
+        encode the image to latents (a posterior sample, drawn from ``generator`` before the noise), scale
+        the mask to latent size, and noise the latents to the start timestep of ``strength``. With
+        ``pure_noise_at_full_strength`` (inpainting, as diffusers does) strength 1 starts from pure noise
+        instead of the noised image."""
+        image = load_image(init_image)
+        m = None if mask is None else load_mask(mask, image.shape[-2:])
+        f = self.vae.config.downsample_factor
+        check_size(image.shape[-2], image.shape[-1], f)
+        prompts, negatives = self._batch(prompt, negative_prompt, n)
+        image = match_batch(image, len(prompts), "init_image")
+        m = None if m is None else match_batch(m, len(prompts), "mask")
+        generator, seed = self._generator(seed, generator)
+        smp = self.make_sampler(sampler, steps, **(sampler_options or {}))
+        start = self._start_index(steps, strength)
+        h, w = image.shape[-2] // f, image.shape[-1] // f
+        init = self.encode_image(image, generator)
+        noise = self._noise((len(prompts), self.vae.config.z_channels, h, w), generator, latents)
+        if pure_noise_at_full_strength and strength == 1:
+            x = smp.prepare_noise(noise)
+        else:
+            x = smp.noised_start(init, noise, start)
+        mask_latent = None if m is None else F.interpolate(m, size=(h, w), mode="nearest").to(self.device)
+        return Start(prompts, negatives, generator, seed, smp, start, noise, x, image, init, m, mask_latent)
+
+    def _run(self, st: Start, guidance: float, **loop) -> SDOutput:
+        """Encode the prompts, denoise from ``st`` (``loop``: :meth:`_denoise`'s keyword arguments), decode."""
+        cond, uncond = self.encode_prompt(st.prompts), self.encode_prompt(st.negatives)
+        x, traj, traj_x0 = self._denoise(st.x, st.sampler, cond, uncond, guidance, st.generator, st.start, **loop)
+        return self._output(x, st.seed, st.sampler, st.start, traj, traj_x0)
 
     # -------------------------------------------------------------------------------- pipelines
     @torch.no_grad()
@@ -342,18 +383,10 @@ class StableDiffusion:
         prompts, negatives = self._batch(prompt, negative_prompt, n)
         generator, seed = self._generator(seed, generator)
         f = self.vae.config.downsample_factor
-        shape = (len(prompts), self.vae.config.z_channels, height // f, width // f)
-        if latents is None:
-            latents = self._noise(shape, generator)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        noise = self._noise((len(prompts), self.vae.config.z_channels, height // f, width // f), generator, latents)
         smp = self.make_sampler(sampler, steps, **(sampler_options or {}))
-        x = smp.prepare_noise(latents.to(self.device, torch.float32))
-        cond, uncond = self.encode_prompt(prompts), self.encode_prompt(negatives)
-        x, traj, traj_x0 = self._denoise(
-            x, smp, cond, uncond, guidance, generator, 0, None, None, save_trajectory, callback, progress
-        )
-        return self._output(x, seed, smp, 0, traj, traj_x0)
+        st = Start(prompts, negatives, generator, seed, smp, 0, noise, smp.prepare_noise(noise))
+        return self._run(st, guidance, save_trajectory=save_trajectory, callback=callback, progress=progress)
 
     @torch.no_grad()
     def img2img(
@@ -378,28 +411,11 @@ class StableDiffusion:
         from there, running ``int(steps * strength)`` steps. Image sides must be multiples of 8."""
         if self.is_inpainting_model:
             raise ValueError("img2img needs an ordinary (4-channel) UNet; use inpaint() with this checkpoint")
-        image = load_image(init_image)
-        check_size(image.shape[-2], image.shape[-1], self.vae.config.downsample_factor)
-        prompts, negatives = self._batch(prompt, negative_prompt, n)
-        image = self._match_batch(image, len(prompts), "init_image")
-        generator, seed = self._generator(seed, generator)
-        smp = self.make_sampler(sampler, steps, **(sampler_options or {}))
-        start = self._start_index(steps, strength)
-        init = self.encode_image(image, generator)
-        x = smp.noised_start(init, self._noise(init.shape, generator), start)
-        cond, uncond = self.encode_prompt(prompts), self.encode_prompt(negatives)
-        x, traj, traj_x0 = self._denoise(
-            x, smp, cond, uncond, guidance, generator, start, None, None, save_trajectory, callback, progress
-        )
-        return self._output(x, seed, smp, start, traj, traj_x0)
-
-    @staticmethod
-    def _match_batch(t: Tensor, batch: int, what: str) -> Tensor:
-        if t.shape[0] == batch:
-            return t
-        if t.shape[0] == 1:
-            return t.expand(batch, *t.shape[1:])
-        raise ValueError(f"{what} has batch {t.shape[0]}; give 1 or {batch} (prompts x n)")
+        st = self._image_start(
+            init_image, prompt, negative_prompt, strength=strength, steps=steps, sampler=sampler, seed=seed,
+            generator=generator, n=n, sampler_options=sampler_options,
+        )  # fmt: skip
+        return self._run(st, guidance, save_trajectory=save_trajectory, callback=callback, progress=progress)
 
     @torch.no_grad()
     def inpaint(
@@ -422,56 +438,51 @@ class StableDiffusion:
         progress: bool = True,
         sampler_options: dict | None = None,
     ) -> SDOutput:
-        """Repaint where ``mask`` is 1 (white), keep the rest of ``init_image``.
+        """Repaint where ``mask`` is 1 (white; thresholded at 0.5), keep the rest of ``init_image``.
 
         With the 9-channel inpainting UNet the mask and the masked image's latents are extra UNet inputs;
         with an ordinary UNet the kept region is re-imposed after every step (latent blending), noised to
         the next step's level. ``strength`` 1 starts from pure noise.
         """
-        image = load_image(init_image)
-        m = load_image(mask, mode="L")[:, :1]
-        if m.shape[-2:] != image.shape[-2:]:
-            raise ValueError(f"mask size {tuple(m.shape[-2:])} differs from image size {tuple(image.shape[-2:])}")
-        f = self.vae.config.downsample_factor
-        check_size(image.shape[-2], image.shape[-1], f)
-        prompts, negatives = self._batch(prompt, negative_prompt, n)
-        image = self._match_batch(image, len(prompts), "init_image")
-        m = self._match_batch((m >= 0.5).float(), len(prompts), "mask")
-        generator, seed = self._generator(seed, generator)
-        smp = self.make_sampler(sampler, steps, **(sampler_options or {}))
-        start = self._start_index(steps, strength)
-        h, w = image.shape[-2] // f, image.shape[-1] // f
-        mask_lat = F.interpolate(m, size=(h, w), mode="nearest").to(self.device)
-
+        st = self._image_start(
+            init_image, prompt, negative_prompt, mask=mask, strength=strength, steps=steps, sampler=sampler,
+            seed=seed, generator=generator, n=n, latents=latents, sampler_options=sampler_options,
+            pure_noise_at_full_strength=True,
+        )  # fmt: skip
         extra = blend = None
-        init = self.encode_image(image, generator)
-        shape = (len(prompts), self.vae.config.z_channels, h, w)
-        if latents is not None and tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        noise = self._noise(shape, generator) if latents is None else latents.to(self.device, torch.float32)
         if self.is_inpainting_model:
-            masked = self.encode_image(image * (m < 0.5), sample=False)
-            extra = torch.cat([mask_lat, masked], dim=1).to(self.dtype)
+            masked = self.encode_image(st.image * (st.mask < 0.5), sample=False)
+            extra = torch.cat([st.mask_latent, masked], dim=1).to(self.dtype)
         else:
+            smp, init, noise, m = st.sampler, st.init, st.noise, st.mask_latent
 
             def blend(i: int, x: Tensor) -> Tensor:
                 keep = init if i + 1 == smp.num_steps else smp.noised_start(init, noise, i + 1)
-                return mask_lat * x + (1 - mask_lat) * keep
+                return m * x + (1 - m) * keep
 
-        x = smp.prepare_noise(noise) if strength == 1 else smp.noised_start(init, noise, start)
-        cond, uncond = self.encode_prompt(prompts), self.encode_prompt(negatives)
-        x, traj, traj_x0 = self._denoise(
-            x,
-            smp,
-            cond,
-            uncond,
-            guidance,
-            generator,
-            start,
-            extra,
-            blend,
-            save_trajectory,
-            callback,
-            progress,
-        )
-        return self._output(x, seed, smp, start, traj, traj_x0)
+        loop = dict(extra=extra, blend=blend, save_trajectory=save_trajectory, callback=callback, progress=progress)
+        return self._run(st, guidance, **loop)
+
+    @torch.no_grad()
+    def outpaint(
+        self,
+        init_image,
+        extend,
+        prompt: str | Sequence[str],
+        negative_prompt: str | Sequence[str] = "",
+        *,
+        fill: str = "edge",
+        overlap: int = 0,
+        **options,
+    ) -> SDOutput:
+        """Grow ``init_image`` by ``extend`` pixels per side (``"left:128,right:128"``, a list of such
+        entries or ``{"left": 128, ...}``; multiples of 8) and generate the new area: :meth:`inpaint` on the
+        canvas and mask of :func:`diffusionlab.sd.outpaint.outpaint_canvas` (new area filled by ``fill``:
+        ``edge`` replicates the border pixels, ``gray`` is mid-gray; the mask also covers ``overlap`` pixels
+        of the original along each grown side). ``options``: :meth:`inpaint`'s keyword arguments (strength,
+        steps, guidance, sampler, seed, n, latents ``[B, 4, H'/8, W'/8]``, ...). Images ``[B, 3, H', W']``.
+        """
+        image = load_image(init_image)
+        check_size(image.shape[-2], image.shape[-1], self.vae.config.downsample_factor)
+        canvas, mask = outpaint_canvas(image, extend, fill, overlap, self.vae.config.downsample_factor)
+        return self.inpaint(canvas, mask, prompt, negative_prompt, **options)

@@ -15,11 +15,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from diffusionlab.sd.pipeline import SDOutput, StableDiffusion, load_image, resolve_dtype
+from diffusionlab.sd.inputs import load_image
+from diffusionlab.sd.outpaint import EXAMPLE, parse_extend
+from diffusionlab.sd.pipeline import SDOutput, StableDiffusion, resolve_dtype
 from diffusionlab.utils.images import make_grid, save_gif, save_png, to_uint8
 from diffusionlab.utils.io import atomic_write_json, check_writable_dir
 
-MODES = ("txt2img", "img2img", "inpaint")
+MODES = ("txt2img", "img2img", "inpaint", "outpaint")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -94,6 +96,9 @@ def generate(
     device: str = "auto",
     out_dir: str = "outputs/sd",
     save_trajectory: bool = False,
+    extend=None,
+    fill: str = "edge",
+    overlap: int = 0,
     *,
     config: str | None = None,
     use_ema: bool = True,
@@ -102,9 +107,13 @@ def generate(
 ) -> dict:
     """Generate ``n`` images and write them (see the module docstring); returns the written paths and seed.
 
-    ``mode``: ``txt2img``, ``img2img`` (needs ``init_image``; ``strength`` default 0.6) or ``inpaint``
-    (needs ``init_image`` and ``mask``, white = repaint; ``strength`` default 1.0). The init image (and
-    mask) are resized to ``height`` x ``width`` when those are set; ``None`` keeps the image's size.
+    ``mode``: ``txt2img``, ``img2img`` (needs ``init_image``; ``strength`` default 0.6), ``inpaint``
+    (needs ``init_image`` and ``mask``, white = repaint; ``strength`` default 1.0) or ``outpaint`` (needs
+    ``init_image`` and ``extend``, e.g. ``"left:128,right:128"``: the canvas grows by that many pixels per
+    side, filled by ``fill`` and generated with ``overlap`` pixels into the original, see
+    :meth:`StableDiffusion.outpaint`; ``strength`` default 1.0). The init image (and mask) are resized to
+    ``height`` x ``width`` when those are set (outpainting grows the resized image); ``None`` keeps the
+    image's size.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid choices: {', '.join(MODES)}")
@@ -112,6 +121,14 @@ def generate(
         raise ValueError(f"mode={mode} needs init_image=<path to an image>")
     if mode == "inpaint" and mask is None:
         raise ValueError("mode=inpaint needs mask=<path to a mask image, white = repaint>")
+    if mode == "outpaint":
+        if extend is None:
+            raise ValueError(f"mode=outpaint needs extend=<side:pixels,...>, e.g. extend={EXAMPLE}")
+        if mask is not None:
+            raise ValueError("mode=outpaint builds its own mask from extend; drop mask=")
+        extend = parse_extend(extend)  # fail before loading the weights
+    elif extend is not None:
+        raise ValueError(f"extend is only used by mode=outpaint, got mode={mode}; drop extend= or set mode=outpaint")
     if mode == "txt2img" and (height is None or width is None):
         raise ValueError("txt2img needs height and width (multiples of 8, e.g. 512)")
     if not isinstance(trajectory_frames, int) or trajectory_frames < 1:
@@ -130,11 +147,14 @@ def generate(
             result = sd.img2img(
                 image, prompt, negative_prompt, strength=0.6 if strength is None else strength, **common
             )
-        else:
+        elif mode == "inpaint":
             m = _resize(load_image(mask, mode="L"), height, width)
             result = sd.inpaint(
                 image, m, prompt, negative_prompt, strength=1.0 if strength is None else strength, **common
             )
+        else:
+            result = sd.outpaint(image, extend, prompt, negative_prompt, fill=fill, overlap=overlap,
+                                 strength=1.0 if strength is None else strength, **common)  # fmt: skip
 
     pixels = to_uint8(result.images * 2 - 1)
     paths = [
@@ -161,6 +181,7 @@ def generate(
         strength=strength,
         init_image=None if init_image is None else str(init_image),
         mask=None if mask is None else str(mask),
+        **(dict(extend=extend, fill=fill, overlap=overlap) if mode == "outpaint" else {}),
         dtype=str(torch_dtype).removeprefix("torch."),
         device=str(dev),
         timesteps=result.timesteps.tolist(),
