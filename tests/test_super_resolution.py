@@ -35,13 +35,8 @@ def sr_unet(**kw) -> UNet:
 
 def test_downscale_is_pils_bicubic_rounded_to_8_bits(mnist):
     x = mnist[:6]
-    pil = torch.stack(
-        [
-            torch.from_numpy(np.asarray(Image.fromarray(((img[0] + 1) * 127.5).round().byte().numpy())
-                                        .convert("F").resize((7, 7), Image.BICUBIC)))  # fmt: skip
-            for img in x
-        ]
-    )[:, None]
+    pil = [Image.fromarray(((img[0] + 1) * 127.5).round().byte().numpy()).convert("F") for img in x]
+    pil = torch.stack([torch.from_numpy(np.array(im.resize((7, 7), Image.BICUBIC))) for im in pil])[:, None]
     pil = (pil / 127.5 - 1).clamp(-1, 1)
     exact = downscale(x, 7, quantize=False)
     assert exact.shape == (6, 1, 7, 7)
@@ -49,7 +44,7 @@ def test_downscale_is_pils_bicubic_rounded_to_8_bits(mnist):
     low = downscale(x, 7)
     assert low.min() >= -1 and low.max() <= 1
     levels = (low + 1) * 127.5
-    assert torch.equal(levels, levels.round()) and (low - exact).abs().max() <= 1 / 127.5
+    assert (levels - levels.round()).abs().max() < 1e-4 and (low - exact).abs().max() <= 1 / 127.5 + 1e-6
     assert torch.equal(low, downscale(x.clone(), 7))  # deterministic
 
 
@@ -109,7 +104,8 @@ def test_training_loss_hands_cond_to_the_net_and_plain_nets_keep_three_arguments
     cond = sr_condition(x, 7)
     loss_c = diffusion.training_loss(conditioned, x, cond=cond, generator=torch.Generator().manual_seed(0))
     assert seen["cond"] is cond
-    loss_plain = diffusion.training_loss(lambda x_t, t, y: torch.zeros_like(x_t), x, generator=torch.Generator().manual_seed(0))
+    plain = lambda x_t, t, y: torch.zeros_like(x_t)  # noqa: E731  (a net without cond)
+    loss_plain = diffusion.training_loss(plain, x, generator=torch.Generator().manual_seed(0))
     assert loss_c == loss_plain  # same draws, same target: cond only reaches the net
 
 

@@ -85,8 +85,17 @@ def test_evaluate_reports_psnr_ssim_fid_next_to_bicubic(sr_run, data_dir, shared
     weights = shared_dir / "weights" / "inception-2015-12-05-pool3.torchscript.pt"
     cfg = compose_cfg(
         "evaluate.yaml",
-        [f"ckpt={sr_run}", f"num_samples={n}", "steps=3", "batch_size=4", f"out_dir={out}", f"data_dir={data_dir}",
-         f"cache_dir={tmp_path / 'cache'}", f"inception_weights={weights}", "classifier=false"],  # fmt: skip
+        [
+            f"ckpt={sr_run}",
+            f"num_samples={n}",
+            "steps=3",
+            "batch_size=4",
+            f"out_dir={out}",
+            f"data_dir={data_dir}",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"inception_weights={weights}",
+            "classifier=false",
+        ],  # fmt: skip
         tmp_path / "h",
     )
     metrics = evaluate(cfg)
