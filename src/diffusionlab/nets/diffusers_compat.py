@@ -113,10 +113,9 @@ def unet_kwargs_from_diffusers(config: Mapping, cond_channels: int | None = None
             raise ValueError(f"only square sample_size is supported, got {size}")
         size = size[0]
     n_cls = config["num_class_embeds"]
-    return dict(
+    kwargs = dict(
         in_channels=config["in_channels"] - (cond_channels or 0),
         out_channels=config["out_channels"],
-        cond_channels=cond_channels,
         base_channels=base,
         channel_mult=tuple(w // base for w in widths),
         num_res_blocks=config["layers_per_block"],
@@ -130,6 +129,9 @@ def unet_kwargs_from_diffusers(config: Mapping, cond_channels: int | None = None
         norm_eps=config["norm_eps"],
         mid_attention=config["add_attention"],
     )
+    if cond_channels is not None:
+        kwargs["cond_channels"] = cond_channels
+    return kwargs
 
 
 def diffusers_unet2d_config(**unet_kwargs) -> dict:
