@@ -82,19 +82,28 @@ def _as_list(v) -> list | None:
     return list(v) if isinstance(v, (list, tuple, ListConfig)) else [v]
 
 
-def evaluate_run(cfg: DictConfig, run: LoadedRun, evaluator, sampler: str, steps: int) -> dict:
-    if cfg.num_samples < 2:
-        raise ValueError(f"num_samples must be >= 2 (FID needs a covariance), got {cfg.num_samples}")
+def check_num_samples(n: int) -> None:
+    if n < 2:
+        raise ValueError(f"num_samples must be >= 2 (FID needs a covariance), got {n}")
+
+
+def sampling_options(cfg: DictConfig, run: LoadedRun, sampler: str, steps: int) -> dict:
+    """What :func:`generate` gets (and the protocol records): sampler, its options on top of the defaults,
+    steps, guidance, precision, memory format."""
     given = cfg.sampler.get("opts") if sampler == cfg.sampler.name else None  # a sweep's other samplers: defaults
-    opts = default_sampler_opts(latent=run.decode is not None, given=given)
-    options = {
+    return {
         "sampler": sampler,
-        "sampler_opts": opts,
+        "sampler_opts": default_sampler_opts(latent=run.decode is not None, given=given),
         "steps": steps,
         "guidance": cfg.guidance,
         "precision": check_precision(cfg.precision),
         "channels_last": cfg.channels_last,
     }
+
+
+def evaluate_run(cfg: DictConfig, run: LoadedRun, evaluator, sampler: str, steps: int) -> dict:
+    check_num_samples(cfg.num_samples)
+    options = sampling_options(cfg, run, sampler, steps)
     batches = sample_batches(run, cfg.num_samples, cfg.batch_size, cfg.seed, **options)
     protocol = {
         "mode": "model",
@@ -153,6 +162,16 @@ def evaluate(cfg: DictConfig) -> dict:
     reference = cfg.reference or f"{dataset_name(run.cfg)}:test"
     evaluator = _evaluator(cfg, reference)
     steps_list, samplers = _as_list(cfg.sweep.steps), _as_list(cfg.sweep.sampler)
+    from diffusionlab.cli.super_resolution import evaluate_sr, is_super_resolution, summary_sr
+
+    if is_super_resolution(run):
+        if steps_list is not None or samplers is not None:
+            raise ValueError("sweep.* is not supported for super-resolution runs: evaluate one sampler and steps")
+        metrics = evaluate_sr(cfg, run, evaluator)
+        atomic_write_json(out_dir / METRICS_FILENAME, metrics)
+        log.info("wrote %s", out_dir / METRICS_FILENAME)
+        print(summary_sr(metrics))
+        return metrics
     if steps_list is None and samplers is None:
         metrics = evaluate_run(cfg, run, evaluator, cfg.sampler.name, cfg.steps)
         atomic_write_json(out_dir / METRICS_FILENAME, metrics)

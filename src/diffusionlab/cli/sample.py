@@ -89,6 +89,12 @@ def sample(cfg: DictConfig) -> Path:
     guidance = 1.0 if cfg.get("guidance") is None else cfg.guidance
     device = pick_device(cfg.device)
     run = load_run(cfg.ckpt, device=device)
+    from diffusionlab.cli.super_resolution import is_super_resolution, sample_sr
+
+    if is_super_resolution(run):
+        return sample_sr(cfg, run, out_dir, device)
+    if cfg.get("input") is not None:
+        raise ValueError(f"input={cfg.input} is for super-resolution runs; {run.ckpt_dir.parent} samples from noise")
     labels = sample_labels(cfg.get("class"), cfg.n, getattr(run.net, "num_classes", None))
     opts = default_sampler_opts(latent=run.decode is not None, given=cfg.sampler.get("opts"))
     frames_every = max(1, steps // cfg.gif_frames) if cfg.gif else 0

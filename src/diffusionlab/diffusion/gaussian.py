@@ -92,10 +92,13 @@ class GaussianDiffusion:
         num_classes: int | None = None,
         generator: torch.Generator | None = None,
         shard: tuple[int, int] = (0, 1),
+        cond: Tensor | None = None,
     ) -> Tensor:
         """Mean (weighted) MSE between ``net(x_t, t, y)`` and the target; ``x0`` is ``[B, C, H, W]``.
 
         ``t`` is uniform on ``{0..T-1}``; labels are dropped for guidance when ``num_classes`` is given.
+        ``cond``: a conditioning image ``[B, C', H, W]`` (super-resolution: the upsampled low-resolution input),
+        passed as ``net(x_t, t, y, cond=cond)``; never dropped.
         ``shard=(rank, world)``: this batch is share ``rank`` of a global batch of ``B * world`` samples dealt
         out round-robin (sample ``j`` here is global sample ``rank + j * world``). The random draws are made for
         the whole global batch and this share is kept, so with one ``generator`` seed per global step every rank
@@ -106,7 +109,7 @@ class GaussianDiffusion:
         x_t = self.schedule.q_sample(x0, t, noise)
         if y is not None and num_classes is not None:
             y = self.drop_labels(y, num_classes, generator, shard)
-        out = net(x_t, t, y)
+        out = net(x_t, t, y) if cond is None else net(x_t, t, y, cond=cond)
         target = self.schedule.target(x0, noise, t, self.prediction)
         per_sample = (out.float() - target.float()).pow(2).flatten(1).mean(1)
         w = self.loss_weights(t.cpu()).to(per_sample)

@@ -31,8 +31,10 @@ class SampleGridCallback(Callback):
     """Every ``every_n_epochs`` epochs (and at the end of fit) sample a grid with the EMA weights.
 
     Conditional models get one row per class (``per_class`` samples each, rows labelled with class
-    names); unconditional ones ``per_class * 10`` samples. The noise seed is fixed, so grids of successive
-    epochs show the same samples improving. Written as ``<out_dir>/epoch_XXXX_step_XXXXXXX.png`` and logged.
+    names); unconditional ones ``per_class * 10`` samples; super-resolution models (``comparison_grid``)
+    ``per_class`` validation images as rows low-res | bicubic | ours | ground truth. The noise seed is fixed,
+    so grids of successive epochs show the same samples improving. Written as
+    ``<out_dir>/epoch_XXXX_step_XXXXXXX.png`` and logged.
     """
 
     def __init__(
@@ -53,7 +55,10 @@ class SampleGridCallback(Callback):
 
     def _grid(self, trainer: Trainer, pl_module: LightningModule) -> None:
         k = pl_module.num_classes
-        if k is not None:
+        if hasattr(pl_module, "comparison_grid"):  # image-conditioned (super-resolution): validation images
+            opts = {"sampler": self.sampler, "steps": self.steps, "seed": self.seed, "progress": False}
+            grid = pl_module.comparison_grid(self.per_class, **opts)
+        elif k is not None:
             labels = torch.arange(k).repeat_interleave(self.per_class)
             images, _ = pl_module.sample(
                 labels=labels,

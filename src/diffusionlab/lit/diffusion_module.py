@@ -19,7 +19,8 @@ class DiffusionModule(LightningModule):
     """Trains ``net`` to denoise with ``diffusion``; keeps an EMA copy used for sampling and export.
 
     Batches are ``(x [B, C, H, W], y [B])`` with ``x`` in the model's data space (pixels in [-1, 1], or
-    latents). Subclasses change :meth:`encode_batch` / :meth:`decode` for latent diffusion.
+    latents). Subclasses change :meth:`encode_batch` / :meth:`decode` for latent diffusion and
+    :meth:`condition` for image-conditioned models (super-resolution).
 
     Args:
         net: ``net(x_t, t, y) -> prediction``; ``net.num_classes`` set for class-conditional models.
@@ -83,6 +84,10 @@ class DiffusionModule(LightningModule):
         """Map diffusion-space samples to images in [-1, 1] (identity for pixel models)."""
         return z
 
+    def condition(self, x: Tensor) -> Tensor | None:
+        """The conditioning image ``net(x_t, t, y, cond=...)`` gets for the training batch ``x`` (None: none)."""
+        return None
+
     def _prepare(self, batch) -> tuple[Tensor, Tensor | None]:
         x, y = batch if isinstance(batch, (list, tuple)) else (batch, None)
         x = self.encode_batch(x)
@@ -125,6 +130,7 @@ class DiffusionModule(LightningModule):
             num_classes=self.num_classes,
             generator=self._training_generator(x.device),
             shard=self._shard(),
+            cond=self.condition(x),
         )
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
@@ -145,9 +151,10 @@ class DiffusionModule(LightningModule):
         over all images of all ranks (:class:`MeanMetric` sums across ranks): the value one process gets."""
         x, y = self._prepare(batch)
         seed = self.val_seed + global_batch_index(batch_idx, self._trainer)
+        cond = self.condition(x)
         for key, net in (("loss", self.net), ("loss_ema", self.ema.shadow)):
             gen = torch.Generator(device=x.device).manual_seed(seed)
-            loss = self.diffusion.training_loss(net, x, y, num_classes=self.num_classes, generator=gen)
+            loss = self.diffusion.training_loss(net, x, y, num_classes=self.num_classes, generator=gen, cond=cond)
             self.val_losses[key].update(loss, weight=len(x))
             self.log(f"val/{key}", self.val_losses[key], prog_bar=key == "loss", batch_size=len(x))
 

@@ -1,4 +1,5 @@
-"""Sample-quality metrics: FID, KID, precision/recall, Inception Score, reference features, domain classifier.
+"""Sample-quality metrics: FID, KID, precision/recall, Inception Score, reference features, domain classifier;
+paired PSNR / SSIM for super-resolution.
 
 Entry points: :class:`Evaluator` / :func:`evaluate_samples` (generated samples vs a real split) and
 :func:`compare_datasets` (real vs real: the floor at a given n).
@@ -23,6 +24,7 @@ from diffusionlab.metrics.features import (
     extract_features,
     load_inception,
 )
+from diffusionlab.metrics.fidelity import psnr_ssim
 from diffusionlab.metrics.preprocess import inception_input, quantize
 from diffusionlab.metrics.reference import Reference, reference_features, reference_key
 from diffusionlab.metrics.scores import class_accuracy, fid, inception_score, kid, precision_recall
@@ -52,6 +54,7 @@ __all__ = [
     "load_split",
     "parse_split",
     "precision_recall",
+    "psnr_ssim",
     "quantize",
     "reference_features",
     "reference_key",

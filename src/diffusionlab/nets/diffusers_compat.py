@@ -78,9 +78,14 @@ _RENAMES = [
 ]
 
 
-def unet_kwargs_from_diffusers(config: Mapping) -> dict:
-    """``UNet`` constructor arguments equivalent to a diffusers ``UNet2DModel`` config (a dict)."""
+def unet_kwargs_from_diffusers(config: Mapping, cond_channels: int | None = None) -> dict:
+    """``UNet`` constructor arguments equivalent to a diffusers ``UNet2DModel`` config (a dict).
+
+    ``cond_channels``: the last that many of the model's ``in_channels`` are a concatenated conditioning image
+    (super-resolution), which our ``UNet`` takes as ``cond``."""
     config = {**_DEFAULTS, **config}
+    if cond_channels is not None and not 0 < cond_channels < config["in_channels"]:
+        raise ValueError(f"cond_channels={cond_channels} must lie in [1, in_channels={config['in_channels']})")
     for key, allowed in _REQUIRED.items():
         if config[key] not in allowed:
             raise ValueError(f"diffusers config {key}={config[key]!r} is not supported; supported: {list(allowed)}")
@@ -108,8 +113,8 @@ def unet_kwargs_from_diffusers(config: Mapping) -> dict:
             raise ValueError(f"only square sample_size is supported, got {size}")
         size = size[0]
     n_cls = config["num_class_embeds"]
-    return dict(
-        in_channels=config["in_channels"],
+    kwargs = dict(
+        in_channels=config["in_channels"] - (cond_channels or 0),
         out_channels=config["out_channels"],
         base_channels=base,
         channel_mult=tuple(w // base for w in widths),
@@ -124,11 +129,15 @@ def unet_kwargs_from_diffusers(config: Mapping) -> dict:
         norm_eps=config["norm_eps"],
         mid_attention=config["add_attention"],
     )
+    if cond_channels is not None:
+        kwargs["cond_channels"] = cond_channels
+    return kwargs
 
 
 def diffusers_unet2d_config(**unet_kwargs) -> dict:
     """The ``UNet2DModel`` config (a dict for ``UNet2DModel(**config)``) of the same architecture as
-    ``UNet(**unet_kwargs)``; the inverse of :func:`unet_kwargs_from_diffusers`."""
+    ``UNet(**unet_kwargs)``; the inverse of :func:`unet_kwargs_from_diffusers`. With ``cond_channels`` the
+    diffusers model takes ``cat([x_t, cond])``: ``in_channels + cond_channels`` channels in."""
     kw = {name: p.default for name, p in inspect.signature(UNet).parameters.items() if p.default is not p.empty}
     kw.update(unet_kwargs)
     if kw["head_dim"] is None and kw["num_heads"] != 1:
@@ -137,7 +146,7 @@ def diffusers_unet2d_config(**unet_kwargs) -> dict:
     attn = [size // 2**i in tuple(kw["attention_resolutions"]) for i in range(len(mult))]
     return dict(
         sample_size=size,
-        in_channels=kw["in_channels"],
+        in_channels=kw["in_channels"] + (kw["cond_channels"] or 0),
         out_channels=kw["out_channels"] or kw["in_channels"],
         block_out_channels=tuple(kw["base_channels"] * m for m in mult),
         down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
@@ -175,8 +184,9 @@ def convert_unet2d_state_dict(state_dict: Mapping[str, Tensor], flip_sin_to_cos:
     return out
 
 
-def unet_from_diffusers(config: Mapping, state_dict: Mapping[str, Tensor]) -> UNet:
-    """Build a :class:`UNet` from a ``UNet2DModel`` config and state dict (strict load: mismatches raise)."""
-    net = UNet(**unet_kwargs_from_diffusers(config))
+def unet_from_diffusers(config: Mapping, state_dict: Mapping[str, Tensor], cond_channels: int | None = None) -> UNet:
+    """Build a :class:`UNet` from a ``UNet2DModel`` config and state dict (strict load: mismatches raise);
+    ``cond_channels``: see :func:`unet_kwargs_from_diffusers`."""
+    net = UNet(**unet_kwargs_from_diffusers(config, cond_channels))
     net.load_state_dict(convert_unet2d_state_dict(state_dict, bool({**_DEFAULTS, **config}["flip_sin_to_cos"])))
     return net

@@ -1,4 +1,4 @@
-"""Validation of a denoising network's inputs ``(x_t, t, y)``, shared by every net in this package.
+"""Validation of a denoising network's inputs ``(x_t, t, y, cond)``, shared by every net in this package.
 
 The checks run eagerly and are skipped while ``torch.compile`` traces, so compiled graphs have no breaks.
 """
@@ -71,3 +71,28 @@ def prepare_labels(y: Tensor | None, batch: int, num_classes: int | None, device
                 f"got values in [{int(y.min())}, {int(y.max())}]"
             )
     return y.to(device=device, dtype=torch.long)
+
+
+def concat_condition(x: Tensor, cond: Tensor | None, cond_channels: int | None) -> Tensor:
+    """``x [B, C, H, W]`` with the conditioning image ``cond [B, cond_channels, H, W]`` appended along the
+    channels (``[B, C + cond_channels, H, W]``); ``x`` itself for a network without image conditioning
+    (``cond_channels=None``, ``cond`` must be None). Wrong or missing ``cond``: ``ValueError``."""
+    if cond_channels is None:
+        if cond is not None:
+            raise ValueError(
+                "this network takes no conditioning image (cond_channels=None) but cond was given; "
+                "pass cond=None or build the network with cond_channels set"
+            )
+        return x
+    if cond is None:
+        raise ValueError(
+            f"this network is conditioned on an image of {cond_channels} channels (cond_channels={cond_channels}): "
+            f"pass cond [B, {cond_channels}, H, W], e.g. the upsampled low-resolution image"
+        )
+    if not _tracing():
+        if not isinstance(cond, Tensor) or not cond.is_floating_point():
+            raise TypeError(f"cond must be a floating-point tensor, got {getattr(cond, 'dtype', type(cond).__name__)}")
+        want = [x.shape[0], cond_channels, *x.shape[2:]]
+        if list(cond.shape) != want:
+            raise ValueError(f"cond must have shape {want} (x_t's batch and size), got {list(cond.shape)}")
+    return torch.cat([x, cond.to(x.dtype)], dim=1)

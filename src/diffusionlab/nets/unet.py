@@ -8,6 +8,11 @@ nearest + conv upsampling. Time (sinusoidal -> MLP to ``4 * base_channels``) and
 a learned class embedding (``num_classes + 1`` rows, the last is the null class for classifier-free guidance)
 are summed and injected into every residual block.
 
+``cond_channels`` makes it an image-conditioned network (SR3-style super-resolution, Saharia et al. 2021): the
+``cond`` image ``[B, cond_channels, H, W]`` (e.g. the bicubic-upsampled low-resolution input) is concatenated to
+``x_t`` before the first convolution, as diffusers' ``UNet2DModel`` with ``in_channels = C + cond_channels``
+is used for upscaling.
+
 Same architecture, parameter count and (after
 :func:`~diffusionlab.nets.diffusers_compat.convert_unet2d_state_dict`) outputs as diffusers' ``UNet2DModel``
 with ``DownBlock2D``/``AttnDownBlock2D`` blocks; faster on CPU because it keeps channels_last throughout and
@@ -25,7 +30,7 @@ from torch import Tensor, nn
 from diffusionlab.nets.attention import SelfAttention2d
 from diffusionlab.nets.blocks import Downsample, GroupNorm, ResBlock, Upsample
 from diffusionlab.nets.embeddings import TimeEmbedding
-from diffusionlab.nets.inputs import check_image, prepare_labels, prepare_timesteps
+from diffusionlab.nets.inputs import check_image, concat_condition, prepare_labels, prepare_timesteps
 
 
 class _Level(nn.Module):
@@ -62,7 +67,7 @@ def _check_positive_int(name: str, value: object) -> int:
 
 
 class UNet(nn.Module):
-    """DDPM U-Net: ``net(x_t [B, C, H, W] float, t [B] long/float, y [B] long or None) -> [B, C_out, H, W]``.
+    """DDPM U-Net: ``net(x_t [B, C, H, W], t [B] long/float, y [B] long or None, cond=None) -> [B, C_out, H, W]``.
 
     Args:
         in_channels: image channels C.
@@ -79,6 +84,8 @@ class UNet(nn.Module):
         head_dim: channels per attention head (heads = channels // head_dim, diffusers' convention).
         norm_groups, norm_eps: GroupNorm groups and epsilon (DDPM: 32 and 1e-6).
         mid_attention: self-attention in the middle block (DDPM: yes).
+        cond_channels: channels of a conditioning image ``cond [B, cond_channels, H, W]`` concatenated to
+            ``x_t`` (super-resolution); ``None``: no image conditioning (``cond`` must not be given).
     """
 
     def __init__(
@@ -97,10 +104,12 @@ class UNet(nn.Module):
         norm_groups: int = 32,
         norm_eps: float = 1e-6,
         mid_attention: bool = True,
+        cond_channels: int | None = None,
     ):
         super().__init__()
         self.in_channels = _check_positive_int("in_channels", in_channels)
         self.out_channels = _check_positive_int("out_channels", out_channels or in_channels)
+        self.cond_channels = None if cond_channels is None else _check_positive_int("cond_channels", cond_channels)
         channel_mult = tuple(channel_mult)
         if not channel_mult:
             raise ValueError("channel_mult must list at least one multiplier, got ()")
@@ -143,7 +152,7 @@ class UNet(nn.Module):
         temb_dim = 4 * base_channels
         self.time_embed = TimeEmbedding(base_channels, temb_dim)
         self.class_embed = nn.Embedding(num_classes + 1, temb_dim) if num_classes is not None else None
-        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels + (cond_channels or 0), base_channels, 3, padding=1)
 
         def block(cin: int, cout: int) -> ResBlock:
             return ResBlock(cin, cout, temb_dim, dropout, norm_groups, norm_eps)
@@ -205,8 +214,11 @@ class UNet(nn.Module):
             f"{what}={size!r} is not divisible by {f} = 2**{levels - 1} (channel_mult has {levels} levels): {hint}"
         )
 
-    def forward(self, x: Tensor, t: Tensor | int | float, y: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, t: Tensor | int | float, y: Tensor | None = None, cond: Tensor | None = None
+    ) -> Tensor:
         check_image(x, self.in_channels)
+        x = concat_condition(x, cond, self.cond_channels)
         if not torch.compiler.is_compiling():
             for size, what in ((x.shape[2], "input height"), (x.shape[3], "input width")):
                 self._check_size(int(size), what)

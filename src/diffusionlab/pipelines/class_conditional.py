@@ -64,6 +64,7 @@ def generate(
     device: torch.device | str | None = None,
     precision: str | int = "32",
     channels_last: bool = False,
+    cond: Tensor | None = None,
 ) -> tuple[Tensor, list[Tensor]]:
     """Draw samples ``[N, *shape]`` in the data space of ``net`` (pixels in [-1, 1], or latents).
 
@@ -81,6 +82,9 @@ def generate(
             dtype (on an AMX CPU bf16 is several times faster); the sampler's update stays float32.
         channels_last: run the denoiser on channels-last inputs, converting ``net`` in place (as
             ``module.channels_last`` does for training); faster convolutions on CPU and GPU.
+        cond: ``[N, C', H, W]`` conditioning image of an image-conditioned net (super-resolution: the
+            upsampled low-resolution inputs, see :func:`~diffusionlab.pipelines.super_resolution.upscale`),
+            passed as ``net(x_t, t, y, cond=cond)`` at every step.
 
     Returns ``(samples, trajectory)``; ``trajectory`` is a list of ``[N, ...]`` tensors (decoded if
     ``decode`` is given), empty unless ``trajectory_every > 0``.
@@ -101,7 +105,18 @@ def generate(
     if channels_last:
         net.to(memory_format=torch.channels_last)
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    net_fn = mixed_precision(lambda x_t, t, c: net(x_t.contiguous(memory_format=layout), t, c), device, precision)
+    if cond is not None:
+        if cond.ndim != 4 or len(cond) != num:
+            raise ValueError(f"cond must be [{num}, C, H, W] (one image per sample), got {list(cond.shape)}")
+        cond = cond.to(device).contiguous(memory_format=layout)
+
+    def call_net(x_t: Tensor, t: Tensor, c: Tensor | None) -> Tensor:
+        x_t = x_t.contiguous(memory_format=layout)
+        if cond is None:
+            return net(x_t, t, c)
+        return net(x_t, t, c, cond=cond.repeat(len(x_t) // num, 1, 1, 1))  # guidance doubles the batch
+
+    net_fn = mixed_precision(call_net, device, precision)
 
     num_classes = getattr(net, "num_classes", None)
     if labels is not None and num_classes is not None:
