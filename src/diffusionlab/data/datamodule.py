@@ -12,7 +12,7 @@ from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from diffusionlab.data.datasets import CLASS_NAMES, check_dataset_name, load_dataset
+from diffusionlab.utils.datasets import CLASS_NAMES, check_dataset_name, load_dataset
 from diffusionlab.data.samplers import ResumableSampler, eval_batch_sampler, training_sampler
 from diffusionlab.data.transforms import fit_images, uint8_to_signed
 
