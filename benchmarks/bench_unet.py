@@ -39,8 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = ROOT / "configs" / "model"
 DATA = {  # what the default MNIST data config gives the model configs
-    "unet_small": {"channels": 1, "num_classes": 10, "image_size": 32},
-    "context_unet": {"channels": 1, "num_classes": 10, "image_size": 28},
+    "unet_small": {"channels": 1, "num_classes": 10, "conditional": True, "image_size": 32},
+    "context_unet": {"channels": 1, "num_classes": 10, "conditional": True, "image_size": 28},
 }
 NUM_TIMESTEPS = 400
 
@@ -54,6 +54,9 @@ def build(model: str, impl: str):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from diffusionlab.cli.resolvers import register_resolvers
+
+    register_resolvers()  # the model configs' ${conditional_classes:...}
     root = OmegaConf.create(
         {
             "data": DATA[model],
