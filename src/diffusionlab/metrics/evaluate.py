@@ -178,8 +178,8 @@ class Evaluator:
             out.update(d)
         if labels is None:
             notes.append(
-                "class_accuracy: absent, the samples carry no class labels (an unconditional model, or real "
-                "images the classifier has no labels for)"
+                "class_accuracy: absent, the samples carry no labels (an unconditional model, or real images "
+                "of another dataset than the classifier's)"
             )
         elif "domain" in fake:
             out["class_accuracy"] = scores.class_accuracy(fake["domain"].logits, labels)
