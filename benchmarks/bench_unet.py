@@ -40,9 +40,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = ROOT / "configs" / "model"
 DATA = {  # what the default MNIST data config gives the model configs
-    "unet_small": {"channels": 1, "num_classes": 10, "image_size": 32},
-    "unet_small_28": {"channels": 1, "num_classes": 10, "image_size": 28},
-    "context_unet": {"channels": 1, "num_classes": 10, "image_size": 28},
+    "unet_small": {"channels": 1, "num_classes": 10, "conditional": True, "image_size": 32},
+    "unet_small_28": {"channels": 1, "num_classes": 10, "conditional": True, "image_size": 28},
+    "context_unet": {"channels": 1, "num_classes": 10, "conditional": True, "image_size": 28},
 }
 # bench name -> (model config, overrides): unet_small_28 is experiment=mnist_fast's network (native 28x28)
 MODELS = {
@@ -62,6 +62,9 @@ def build(model: str, impl: str):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from diffusionlab.cli.resolvers import register_resolvers
+
+    register_resolvers()  # the model configs' ${conditional_classes:...}
     root = OmegaConf.create(
         {
             "data": DATA[model],

@@ -18,15 +18,15 @@ from diffusionlab.nets.autoencoder import (
     kl_autoencoder,
     latent_shape,
     load_autoencoder,
-    load_sd_vae,
     measure_scale_factor,
     read_metadata,
     save_autoencoder,
     set_scale_factor,
 )
-from diffusionlab.sd.blocks import Downsample, ResnetBlock, Upsample
+from diffusionlab.nets.ldm_blocks import Downsample, ResnetBlock, Upsample
+from diffusionlab.nets.vae import AutoencoderKL
 from diffusionlab.sd.config import tiny
-from diffusionlab.sd.vae import AutoencoderKL
+from diffusionlab.sd.vae import load_sd_vae
 from diffusionlab.utils.checkpoints import CheckpointError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (tests/conftest.py)

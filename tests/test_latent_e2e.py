@@ -15,7 +15,7 @@ from diffusionlab.cli.runs import load_run
 from diffusionlab.cli.sample import sample
 from diffusionlab.cli.train import train
 from diffusionlab.nets.autoencoder import load_autoencoder, read_metadata
-from diffusionlab.sd.vae import AutoencoderKL
+from diffusionlab.nets.vae import AutoencoderKL
 from tests.helpers import compose_cfg
 
 # After 120 steps (batch 32, MSE loss, lr 3e-3; ~1 min on one shared CPU core) the small autoencoder

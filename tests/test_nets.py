@@ -16,6 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from diffusionlab.cli.resolvers import register_resolvers
 from diffusionlab.nets import (
     ContextUnet,
     UNet,
@@ -57,9 +58,12 @@ def perturb(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def build_from_yaml(name: str, channels=1, num_classes=10, image_size=32, num_timesteps=1000, meta=False):
+    """The network of ``configs/model/<name>.yaml``; ``num_classes=None`` as ``data.conditional=false`` gives it."""
+    register_resolvers()
+    data = {"channels": channels, "num_classes": num_classes or 10, "conditional": num_classes is not None}
     root = OmegaConf.create(
         {
-            "data": {"channels": channels, "num_classes": num_classes, "image_size": image_size},
+            "data": {**data, "image_size": image_size},
             "diffusion": {"num_timesteps": num_timesteps},
             "model": OmegaConf.load(CONFIGS / f"{name}.yaml"),
         }

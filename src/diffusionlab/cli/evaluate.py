@@ -14,7 +14,7 @@ from torch import Tensor
 from diffusionlab.cli.runs import LoadedRun, load_run
 from diffusionlab.cli.sample import pick_device
 from diffusionlab.data.transforms import to_native_size
-from diffusionlab.pipelines import check_precision, default_sampler_opts, generate
+from diffusionlab.pipelines import check_conditioning, check_precision, default_sampler_opts, generate
 from diffusionlab.utils.io import atomic_write_json, atomic_write_text, check_writable_dir
 
 log = logging.getLogger("diffusionlab.evaluate")
@@ -70,7 +70,8 @@ def summary(m: dict) -> str:
     p = m["protocol"]
     return (
         f"FID {f('fid', '{:.2f}')}  KID {f('kid_mean', '{:.4f}')}±{f('kid_std', '{:.4f}')}  "
-        f"precision {f('precision')}  recall {f('recall')}  class acc {f('class_accuracy')}  "
+        f"precision {f('precision')}  recall {f('recall')}  IS {f('inception_score', '{:.2f}')}  "
+        f"class acc {f('class_accuracy')}  "
         f"domain FID {f('domain_fid', '{:.2f}')}  (n={p['num_samples']} vs {p['reference']['split']}, "
         f"{p.get('sampler', 'data')} {p.get('steps', '')})"
     )
@@ -110,6 +111,7 @@ def evaluate_run(cfg: DictConfig, run: LoadedRun, evaluator, sampler: str, steps
         "run": str(run.ckpt_dir.parent),
         "global_step": run.global_step,
         "weights": "ema",
+        "conditional": getattr(run.net, "num_classes", None) is not None,
         **options,
         "seed": cfg.seed,
         "batch_size": cfg.batch_size,
@@ -158,6 +160,8 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.ckpt is None:
         raise ValueError("give ckpt=<run folder> (or mode=data a=... b=...)")
     run = load_run(cfg.ckpt, device=pick_device(cfg.device))
+    num_classes = getattr(run.net, "num_classes", None)
+    check_conditioning(num_classes, has_labels=num_classes is not None, guidance=cfg.guidance)
     out_dir = check_writable_dir(cfg.out_dir or run.ckpt_dir.parent)
     reference = cfg.reference or f"{dataset_name(run.cfg)}:test"
     evaluator = _evaluator(cfg, reference)

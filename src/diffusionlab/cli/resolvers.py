@@ -63,6 +63,15 @@ def hydra_subdir(ckpt_path: str | None, stamp: str) -> str:
     return ".hydra" if ckpt_path in (None, "", "null") else f".hydra/resumed_{stamp}"
 
 
+def conditional_classes(conditional, num_classes):
+    """``num_classes`` of the network: the dataset's ``num_classes`` for a class-conditional model, None (an
+    unconditional network) when ``conditional`` is false. Used by the model configs as
+    ``${conditional_classes:${data.conditional},${data.num_classes}}``."""
+    if not isinstance(conditional, bool):
+        raise ValueError(f"data.conditional must be true or false, got {conditional!r}")
+    return num_classes if conditional else None
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("wandb_offline"):
         OmegaConf.register_new_resolver("wandb_offline", wandb_offline)
@@ -72,3 +81,5 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_dir", run_dir)
     if not OmegaConf.has_resolver("hydra_subdir"):
         OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir)
+    if not OmegaConf.has_resolver("conditional_classes"):
+        OmegaConf.register_new_resolver("conditional_classes", conditional_classes)

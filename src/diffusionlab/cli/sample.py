@@ -28,7 +28,10 @@ def sample_labels(spec, n: int, num_classes: int | None) -> torch.Tensor | None:
     """Labels ``[n]`` from ``class=`` (an int, a list, or None = cycle through all classes)."""
     if num_classes is None:
         if spec is not None:
-            raise ValueError(f"class={spec} given, but this model is unconditional")
+            raise ValueError(
+                f"class={spec} given, but this model is unconditional (trained with data.conditional=false): "
+                "it has no classes to choose from; leave class unset"
+            )
         return None
     classes = list(range(num_classes)) if spec is None else spec
     classes = list(classes) if isinstance(classes, (list, tuple, ListConfig)) else [classes]

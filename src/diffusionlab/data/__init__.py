@@ -1,6 +1,6 @@
 """Datasets as LightningDataModules (images in [-1, 1]); raw readers usable without Lightning."""
 
-from diffusionlab.data.datasets import CLASS_NAMES, DATASET_NAMES, DatasetNotFoundError, load_dataset
+from diffusionlab.utils.datasets import CLASS_NAMES, DATASET_NAMES, DatasetNotFoundError, load_dataset
 
 __all__ = ["CLASS_NAMES", "DATASET_NAMES", "DatasetNotFoundError", "load_dataset", "ImageDataModule"]
 

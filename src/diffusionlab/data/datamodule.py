@@ -12,9 +12,9 @@ from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from diffusionlab.data.datasets import CLASS_NAMES, check_dataset_name, load_dataset
 from diffusionlab.data.samplers import ResumableSampler, eval_batch_sampler, training_sampler
 from diffusionlab.data.transforms import fit_images, uint8_to_signed
+from diffusionlab.utils.datasets import CLASS_NAMES, check_dataset_name, load_dataset
 
 
 class InMemoryImages(Dataset):
@@ -42,6 +42,8 @@ class ImageDataModule(LightningDataModule):
         image_size: output side; MNIST's 28 is padded to 32 when asked (UNets with 4 levels need it).
         channels: output channels (grayscale is repeated to 3 if asked, RGB averaged to 1).
         num_classes: checked against the dataset (so configs can interpolate it into the network).
+        conditional: whether models of this data are class-conditional; the network configs read it
+            (``num_classes`` null when false). Batches carry their labels either way.
         val_size: number of training images held out for validation (seeded split).
         shuffle_seed: seeds the training order (per epoch), independent of the global RNG, so a resumed run
             continues with exactly the batches an uninterrupted run would have drawn.
@@ -57,6 +59,7 @@ class ImageDataModule(LightningDataModule):
         image_size: int = 28,
         channels: int | None = None,
         num_classes: int = 10,
+        conditional: bool = True,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
         val_size: int = 5000,
@@ -73,12 +76,14 @@ class ImageDataModule(LightningDataModule):
         self.name = check_dataset_name(name)
         if num_classes != len(CLASS_NAMES[name]):
             raise ValueError(f"dataset {name!r} has {len(CLASS_NAMES[name])} classes, config says {num_classes}")
+        if not isinstance(conditional, bool):
+            raise ValueError(f"conditional must be true or false, got {conditional!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.data_dir = data_dir
         self.image_size = image_size
         self.channels = channels or (3 if name == "cifar10" else 1)
-        self.num_classes = num_classes
+        self.num_classes, self.conditional = num_classes, conditional
         self.class_names = CLASS_NAMES[name]
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size

@@ -147,8 +147,8 @@ class LatentCacheDataModule(LightningDataModule):
         encode_batch_size: images per encoder call while building a cache.
         channels / image_size: expected latent channels and side (checked against the autoencoder; the
             network configs interpolate them).
-        num_classes / name / train_subset / val_size / test_subset: if given, must equal those of ``images``
-            (they let ``data.train_subset=N`` and friends work on pixel and latent configs alike).
+        num_classes / conditional / name / train_subset / val_size / test_subset: if given, must equal those of
+            ``images`` (they let ``data.train_subset=N`` and friends work on pixel and latent configs alike).
         device: where to encode (``auto``: the trainer's device, else CUDA if available, else CPU).
     """
 
@@ -168,6 +168,7 @@ class LatentCacheDataModule(LightningDataModule):
         channels: int | None = None,
         image_size: int | None = None,
         num_classes: int | None = None,
+        conditional: bool | None = None,
         name: str | None = None,
         train_subset: int | None = None,
         val_size: int | None = None,
@@ -180,8 +181,9 @@ class LatentCacheDataModule(LightningDataModule):
             raise ValueError(f"unknown latent cache dtype {dtype!r}; valid choices: {', '.join(DTYPES)}")
         if verify not in VERIFY:
             raise ValueError(f"unknown verify mode {verify!r}; valid choices: {', '.join(VERIFY)}")
-        for key, value in dict(num_classes=num_classes, name=name, train_subset=train_subset,
-                               val_size=val_size, test_subset=test_subset).items():  # fmt: skip
+        forwarded = dict(num_classes=num_classes, conditional=conditional, name=name, train_subset=train_subset,
+                         val_size=val_size, test_subset=test_subset)  # fmt: skip
+        for key, value in forwarded.items():
             if value is not None and getattr(images, key, value) != value:
                 raise ValueError(
                     f"latent cache {key}={value!r} differs from the image DataModule's "
@@ -190,6 +192,7 @@ class LatentCacheDataModule(LightningDataModule):
         self.images, self.autoencoder = images, autoencoder.eval().requires_grad_(False)
         self.name = getattr(images, "name", type(images).__name__)
         self.num_classes = getattr(images, "num_classes", None)
+        self.conditional = getattr(images, "conditional", True)
         self.latent_shape = latent_shape(autoencoder, images.image_size)
         for key, value, actual in (("channels", channels, self.latent_shape[0]),
                                    ("image_size", image_size, self.latent_shape[1])):  # fmt: skip

@@ -28,7 +28,7 @@ from diffusionlab.lit.callbacks import log_image
 from diffusionlab.lit.diffusion_module import DiffusionModule
 from diffusionlab.metrics import distributed, extract_features, load_inception, quantize, scores
 from diffusionlab.nets.autoencoder import AUTOENCODER_FILENAME, measure_scale_factor, save_autoencoder, set_scale_factor
-from diffusionlab.sd.vae import AutoencoderKL
+from diffusionlab.nets.vae import AutoencoderKL
 from diffusionlab.utils.images import labelled_grid
 from diffusionlab.utils.io import atomic_path, atomic_write_json
 

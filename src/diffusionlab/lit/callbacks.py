@@ -31,10 +31,11 @@ class SampleGridCallback(Callback):
     """Every ``every_n_epochs`` epochs (and at the end of fit) sample a grid with the EMA weights.
 
     Conditional models get one row per class (``per_class`` samples each, rows labelled with class
-    names); unconditional ones ``per_class * 10`` samples; super-resolution models (``comparison_grid``)
-    ``per_class`` validation images as rows low-res | bicubic | ours | ground truth. The noise seed is fixed,
-    so grids of successive epochs show the same samples improving. Written as
-    ``<out_dir>/epoch_XXXX_step_XXXXXXX.png`` and logged.
+    names); unconditional ones ``per_class * 10`` samples in rows of ``per_class``, unlabelled (``guidance``
+    applies to conditional models only); super-resolution models (``comparison_grid``) ``per_class``
+    validation images as rows low-res | bicubic | ours | ground truth. The noise seed is fixed, so grids of
+    successive epochs show the same samples improving. Written as ``<out_dir>/epoch_XXXX_step_XXXXXXX.png``
+    and logged.
     """
 
     def __init__(

@@ -21,7 +21,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from diffusionlab.pipelines import default_sampler_opts
+from diffusionlab.pipelines import check_conditioning, default_sampler_opts
 from diffusionlab.utils.io import atomic_write_json
 
 HISTORY_FILENAME = "eval_history.json"
@@ -172,6 +172,7 @@ class EvalCallback(Callback):
             "global_step": trainer.global_step,
             "epoch": trainer.current_epoch,
             "weights": "ema",
+            "conditional": pl_module.num_classes is not None,
             "sampler": self.sampler,
             "sampler_opts": self._opts(pl_module),
             "steps": self.steps,
@@ -233,6 +234,11 @@ class EvalCallback(Callback):
         atomic_write_json(path, {"monitor": self.monitor, "best_step": best, "evaluations": entries})
 
     # ------------------------------------------------------------------ hooks
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Stop at once (not after the first epoch) when ``guidance`` does not fit the model."""
+        k = pl_module.num_classes
+        check_conditioning(k, has_labels=k is not None, guidance=self.guidance)
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Runs after the epoch's validation and before ModelCheckpoint (Lightning orders checkpoints last)."""
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:

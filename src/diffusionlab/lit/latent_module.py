@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from diffusionlab.lit.diffusion_module import DiffusionModule
 from diffusionlab.nets.autoencoder import AUTOENCODER_FILENAME, decode_latents, save_autoencoder
-from diffusionlab.sd.vae import AutoencoderKL
+from diffusionlab.nets.vae import AutoencoderKL
 
 
 class LatentDiffusionModule(DiffusionModule):

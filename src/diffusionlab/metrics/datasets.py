@@ -1,7 +1,7 @@
 """Real images for reference statistics and the domain classifier, as uint8 tensors.
 
 All dataset access of the metrics code goes through :func:`load_split`, a thin layer over
-:func:`diffusionlab.data.datasets.load_dataset` that adds the ``'dataset:split'`` notation, an in-memory
+:func:`diffusionlab.utils.datasets.load_dataset` that adds the ``'dataset:split'`` notation, an in-memory
 cache, and a fallback for read-only data folders.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from torch import Tensor
 
-from diffusionlab.data.datasets import DATASET_NAMES, DatasetNotFoundError, load_dataset
 from diffusionlab.metrics.cache import resolve_cache_dir
+from diffusionlab.utils.datasets import DATASET_NAMES, DatasetNotFoundError, load_dataset
 
 _TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 _ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "cifar-10": "cifar10"}

@@ -166,18 +166,27 @@ class Evaluator:
                 fake["inception"].logits, splits=min(self.is_splits, n)
             )
         else:
-            notes.append(f"inception_score: the feature extractor ({self.extractor.source}) has no logits")
+            notes.append(
+                f"inception_score: absent, the feature extractor ({self.extractor.source}) gives no classifier "
+                "logits (the pool3-only FID port); the standard weights (inception_weights=null, downloaded by "
+                "torch-fidelity) or a TorchScript file whose forward returns (features, logits) give it"
+            )
         out["class_accuracy"] = None
         out["domain_fid"] = out["domain_kid_mean"] = out["domain_kid_std"] = None
         if "domain" in fake:
             d, _ = self._scores(fake["domain"], refs["domain"].features.features, prefix="domain_", full=False)
             out.update(d)
-            if labels is not None:
-                out["class_accuracy"] = scores.class_accuracy(fake["domain"].logits, labels)
-            else:
-                notes.append("class_accuracy: the samples carry no labels")
-        elif labels is not None and self.classifier_mode is not False:
+        if labels is None:
+            notes.append(
+                "class_accuracy: absent, the samples carry no labels (an unconditional model, or real images "
+                "of another dataset than the classifier's)"
+            )
+        elif "domain" in fake:
+            out["class_accuracy"] = scores.class_accuracy(fake["domain"].logits, labels)
+        elif self.classifier_mode is not False:
             notes.append(f"class_accuracy: no domain classifier for {self.dataset!r} (see make classifier)")
+        else:
+            notes.append("class_accuracy: off (classifier=false)")
         for note in notes:
             warnings.warn(note, stacklevel=2)
         out["num_samples"] = n

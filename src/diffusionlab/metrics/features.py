@@ -6,9 +6,11 @@ Every extractor takes uint8 images ``[B, C, H, W]`` in [0, 255] (see :mod:`.prep
 
 - ``weights=None`` (online): torch-fidelity's ``FeatureExtractorInceptionV3``, which downloads the standard
   weights as torch-fidelity and torchmetrics do; it has the logits, so Inception Score is available.
-- ``weights=<path>`` (offline): a TorchScript port of the same network (pool3 features only, no logits), e.g.
-  ``../shared/weights/inception-2015-12-05-pool3.torchscript.pt``; a torch-fidelity ``.pth`` state dict also
-  works. The images go through the same resize and scaling as in torch-fidelity.
+- ``weights=<path>`` (offline): a TorchScript port of the same network, e.g.
+  ``../shared/weights/inception-2015-12-05-pool3.torchscript.pt`` (pool3 features only: no Inception Score);
+  a TorchScript whose ``forward`` also returns the classifier's logits gives the Inception Score too (see
+  :class:`TorchScriptInception` for the signature); a torch-fidelity ``.pth`` state dict also works. The images
+  go through the same resize and scaling as in torch-fidelity.
 
 ``info()`` says which one was used and the sha256 of its weights file; it goes into ``metrics.json``.
 """
@@ -28,6 +30,7 @@ from tqdm.auto import tqdm
 from diffusionlab.metrics.cache import sha256_file
 from diffusionlab.metrics.inception_folded import FoldedInceptionNet
 from diffusionlab.metrics.preprocess import (
+    INCEPTION_SIZE,
     check_images,
     describe_inception_preprocessing,
     inception_input,
@@ -77,7 +80,17 @@ class FeatureExtractor(nn.Module):
 
 
 class TorchScriptInception(FeatureExtractor):
-    """The FID Inception as TorchScript: input ``[B, 3, 299, 299]`` in [-1, 1), output pool3 ``[B, 2048]``."""
+    """The FID Inception as a TorchScript file. Expected signature::
+
+        forward(x: Tensor[B, 3, 299, 299] float32 in [-1, 1)) -> Tensor[B, D]                  # features only
+        forward(x: Tensor[B, 3, 299, 299] float32 in [-1, 1)) -> Tuple[Tensor[B, D], Tensor[B, K]]
+                                                                   # (features, classifier logits before softmax)
+
+    The FID port (``inception-2015-12-05-pool3.torchscript.pt``) is the first kind, D = 2048 (pool3). A file of
+    the second kind also gives the Inception Score, computed from its logits as from torch-fidelity's
+    ``logits_unbiased`` (K = 1008 for the 2015-12-05 Inception). Which kind, D and K are read from one
+    forward pass of a blank image when the file is loaded.
+    """
 
     name = "inception-v3-2015-12-05-pool3"
     num_features = 2048
@@ -91,11 +104,36 @@ class TorchScriptInception(FeatureExtractor):
             self.net = torch.jit.load(str(self.path), map_location="cpu").eval()
         self.sha256 = sha256_file(self.path)
         self.source = f"TorchScript file {self.path.name}"
+        self.num_features, num_logits = self._probe()
+        self.has_logits = num_logits is not None
+        if self.has_logits:
+            self.name = f"{type(self).name}+logits{num_logits}"
 
-    def forward(self, images: Tensor) -> tuple[Tensor, None]:
+    def _probe(self) -> tuple[int, int | None]:
+        """``(D, K or None)`` from the outputs for one blank image; ValueError if they break the signature."""
+        try:
+            with torch.inference_mode():
+                out = self.net(torch.zeros(1, 3, INCEPTION_SIZE, INCEPTION_SIZE))
+        except RuntimeError as err:  # not load_inception's "not TorchScript" case: say what failed
+            raise ValueError(f"{self.path}: forward(x [1, 3, 299, 299]) failed: {err}") from None
+        outputs = list(out) if isinstance(out, (tuple, list)) else [out]
+        if len(outputs) not in (1, 2) or not all(isinstance(o, Tensor) and o.shape[:1] == (1,) for o in outputs):
+            shapes = [tuple(o.shape) if isinstance(o, Tensor) else type(o).__name__ for o in outputs]
+            raise ValueError(
+                f"{self.path}: forward(x [1, 3, 299, 299]) returned {shapes}; expected features [1, D] or a "
+                "pair (features [1, D], logits [1, K])"
+            )
+        dims = [o[0].numel() for o in outputs]
+        return dims[0], (dims[1] if len(dims) == 2 else None)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         # channels-last input: 1.23x the images/s on this CPU, features equal to 1e-6 relative
         x = inception_input(images).to(self.device).contiguous(memory_format=torch.channels_last)
-        return self.net(x).reshape(x.shape[0], -1).float(), None
+        b = x.shape[0]
+        if self.has_logits:
+            feats, logits = self.net(x)
+            return feats.reshape(b, -1).float(), logits.reshape(b, -1).float()
+        return self.net(x).reshape(b, -1).float(), None
 
 
 class TorchFidelityInception(FeatureExtractor):
@@ -219,12 +257,18 @@ def load_inception(
 ) -> FeatureExtractor:
     """The FID Inception: downloaded through torch-fidelity if ``weights`` is None, else loaded from a file.
 
-    A TorchScript file gives :class:`TorchScriptInception`; a torch-fidelity state dict (``.pth``) gives
-    :class:`TorchFidelityInception`. ``folded`` (the default) returns that network as a
-    :class:`FoldedInception`: same features, faster.
+    A TorchScript file gives :class:`TorchScriptInception` (with logits if its ``forward`` returns them); a
+    torch-fidelity state dict (``.pth``) gives :class:`TorchFidelityInception`. ``folded`` (the default)
+    returns that network as a :class:`FoldedInception`: same features, faster; a TorchScript file of another
+    layout than the FID Inception's (e.g. one that returns logits) is returned as it is.
     """
     extractor = _load_reference_inception(weights)
-    return (FoldedInception(extractor) if folded else extractor).to(device)
+    if folded and not (isinstance(extractor, TorchScriptInception) and extractor.has_logits):
+        try:
+            extractor = FoldedInception(extractor)
+        except ValueError:  # not the FID Inception's layers: use the file's own graph
+            pass
+    return extractor.to(device)
 
 
 def _load_reference_inception(weights: str | os.PathLike | None) -> FeatureExtractor:

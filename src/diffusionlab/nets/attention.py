@@ -1,4 +1,5 @@
-"""Spatial self-attention over the H*W positions of a feature map (DDPM's attention block)."""
+"""Attention layers: spatial self-attention over the H*W positions of a feature map (DDPM's attention block),
+and multi-head (cross-)attention over tokens (the KL autoencoder, SD's CLIP and UNet)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,32 @@ class SelfAttention2d(nn.Module):
         out = attention(q, k, v)  # [B, heads, N, head_dim]
         out = self.proj(out.transpose(1, 2).reshape(b, n, c))
         return x + out.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head attention: ``x [B, N, dim]`` attends to ``context [B, M, context_dim]`` (or itself).
+
+    ``qkv_bias``: CLIP uses biases on q/k/v, the UNet does not. ``causal``: mask future tokens (CLIP).
+    """
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None, qkv_bias: bool = False, causal=False):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not divisible by the number of heads {heads}")
+        context_dim = context_dim or dim
+        self.heads = heads
+        self.causal = causal
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k = nn.Linear(context_dim, dim, bias=qkv_bias)
+        self.v = nn.Linear(context_dim, dim, bias=qkv_bias)
+        self.out = nn.Linear(dim, dim)
+
+    def _split(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        return x.view(b, n, self.heads, c // self.heads).transpose(1, 2)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        context = x if context is None else context
+        q, k, v = self._split(self.q(x)), self._split(self.k(context)), self._split(self.v(context))
+        h = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.out(h.transpose(1, 2).flatten(2))

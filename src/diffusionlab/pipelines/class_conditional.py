@@ -23,6 +23,22 @@ def default_sampler_opts(latent: bool, given: Mapping | None = None) -> dict:
     return {**({} if latent else {"clip_x0": 1.0}), **(given or {})}
 
 
+def check_conditioning(num_classes: int | None, has_labels: bool, guidance: float = 1.0) -> None:
+    """Raise a ValueError unless labels and guidance fit the network: an unconditional one
+    (``num_classes=None``) takes no labels, and guidance other than 1 needs labels of a conditional one."""
+    if num_classes is None and has_labels:
+        raise ValueError(
+            "class labels given, but this model is unconditional (num_classes=None, trained with "
+            "data.conditional=false): sample it without labels (no class=)"
+        )
+    if guidance != 1 and not has_labels:
+        why = "this model is unconditional" if num_classes is None else "no class labels were given"
+        raise ValueError(
+            f"guidance={guidance:g} needs class labels (classifier-free guidance mixes the class-conditional and "
+            f"unconditional predictions), but {why}: use guidance=1"
+        )
+
+
 def check_precision(precision: str | int) -> str:
     """``precision`` as one of :data:`PRECISIONS`' names (``32`` may come as an int from a config)."""
     name = str(precision)
@@ -71,10 +87,12 @@ def generate(
     Args:
         net: ``net(x_t, t, y) -> prediction`` of ``diffusion.prediction``; put in eval mode here.
         shape: ``(C, H, W)`` of one sample.
-        labels: ``[N]`` class labels, or None for ``n`` unconditional samples (null class).
+        labels: ``[N]`` class labels of a class-conditional ``net``, or None for ``n`` unconditional samples
+            (the null class of a conditional net; an unconditional net, ``net.num_classes = None``, takes none).
         guidance: classifier-free guidance scale ``s`` (Stable Diffusion convention):
             ``out = uncond + s * (cond - uncond)``; ``s = 1`` is the plain conditional model, ``s = 0`` the
-            unconditional one; the seed paper's weight ``w`` is ``s = 1 + w``. Ignored without labels.
+            unconditional one; the seed paper's weight ``w`` is ``s = 1 + w``. Needs labels: without them
+            only ``s = 1`` is accepted.
         seed: noise is drawn on the CPU from this seed, so samples do not depend on the device.
         decode: optional map from samples to images (latent models: the autoencoder's decoder).
         trajectory_every: if > 0, also return the predicted x0 every that many steps (and the last).
@@ -95,6 +113,8 @@ def generate(
     num = len(labels) if labels is not None else n
     if guidance < 0:
         raise ValueError(f"guidance scale must be >= 0 (1 = no guidance), got {guidance}")
+    num_classes = getattr(net, "num_classes", None)
+    check_conditioning(num_classes, labels is not None, guidance)
     precision = check_precision(precision)
     net_was_training = net.training
     net.eval()
@@ -118,8 +138,7 @@ def generate(
 
     net_fn = mixed_precision(call_net, device, precision)
 
-    num_classes = getattr(net, "num_classes", None)
-    if labels is not None and num_classes is not None:
+    if labels is not None:
         y = labels.to(device)
         model_fn = classifier_free_guidance(net_fn, y, torch.full_like(y, num_classes), guidance)
     else:

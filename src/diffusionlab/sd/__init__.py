@@ -2,6 +2,7 @@
 checkpoint loading (original single files and diffusers folders) and the txt2img / img2img / inpaint / outpaint
 pipelines. ``StableDiffusion.from_single_file(path)`` is the usual entry point."""
 
+from diffusionlab.nets.vae import AutoencoderKL, Decoder, DiagonalGaussian, Encoder
 from diffusionlab.sd.checkpoint import CheckpointError, load_diffusers, load_single_file
 from diffusionlab.sd.clip import CLIPTextEncoder
 from diffusionlab.sd.config import (
@@ -17,7 +18,6 @@ from diffusionlab.sd.config import (
 from diffusionlab.sd.pipeline import SDOutput, StableDiffusion
 from diffusionlab.sd.tokenizer import CLIPTokenizer
 from diffusionlab.sd.unet import UNet
-from diffusionlab.sd.vae import AutoencoderKL, Decoder, DiagonalGaussian, Encoder
 
 __all__ = [
     "AutoencoderConfig",

@@ -1,5 +1,5 @@
-"""Attention layers of SD 1.x: multi-head (cross-)attention on ``scaled_dot_product_attention``,
-the GEGLU feed-forward, the transformer block and the spatial transformer of the UNet.
+"""Attention layers of SD 1.x's UNet: the GEGLU feed-forward, the transformer block and the spatial transformer,
+on the multi-head (cross-)attention of :class:`diffusionlab.nets.attention.Attention`.
 
 Token tensors are ``[B, N, C]``; feature maps ``[B, C, H, W]``.
 """
@@ -9,34 +9,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-class Attention(nn.Module):
-    """Multi-head attention: ``x [B, N, dim]`` attends to ``context [B, M, context_dim]`` (or itself).
-
-    ``qkv_bias``: CLIP uses biases on q/k/v, the UNet does not. ``causal``: mask future tokens (CLIP).
-    """
-
-    def __init__(self, dim: int, heads: int, context_dim: int | None = None, qkv_bias: bool = False, causal=False):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"attention width {dim} is not divisible by the number of heads {heads}")
-        context_dim = context_dim or dim
-        self.heads = heads
-        self.causal = causal
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.k = nn.Linear(context_dim, dim, bias=qkv_bias)
-        self.v = nn.Linear(context_dim, dim, bias=qkv_bias)
-        self.out = nn.Linear(dim, dim)
-
-    def _split(self, x: Tensor) -> Tensor:
-        b, n, c = x.shape
-        return x.view(b, n, self.heads, c // self.heads).transpose(1, 2)
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        context = x if context is None else context
-        q, k, v = self._split(self.q(x)), self._split(self.k(context)), self._split(self.v(context))
-        h = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-        return self.out(h.transpose(1, 2).flatten(2))
+from diffusionlab.nets.attention import Attention
 
 
 class GEGLUFeedForward(nn.Module):

@@ -24,12 +24,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
+from diffusionlab.nets.vae import AutoencoderKL
 from diffusionlab.sd import config as C
 from diffusionlab.sd.clip import CLIPTextEncoder
 from diffusionlab.sd.convert import apply_transform, compvis_ema_key, plan_keys, split_compvis_keys
 from diffusionlab.sd.key_map import COMPVIS_PREFIX, module_map
 from diffusionlab.sd.unet import UNet
-from diffusionlab.sd.vae import AutoencoderKL
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "unet": UNet,

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffusionlab.sd.attention import Attention
+from diffusionlab.nets.attention import Attention
 from diffusionlab.sd.config import TextEncoderConfig
 
 

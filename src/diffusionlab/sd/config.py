@@ -1,6 +1,7 @@
 """Architectures of Stable Diffusion's components as dataclasses: SD 1.5 full size and tiny test sizes.
 
-``SDConfig`` bundles the text encoder, UNet, VAE and the noise-schedule settings the pipelines use.
+``SDConfig`` bundles the text encoder, UNet, VAE and the noise-schedule settings the pipelines use (the VAE's
+:class:`~diffusionlab.nets.vae.AutoencoderConfig` lives with the autoencoder in ``nets/``).
 ``from_diffusers_*`` read the ``config.json`` files of a diffusers-format folder into these dataclasses.
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+from diffusionlab.nets.vae import AutoencoderConfig
 
 
 @dataclass(frozen=True)
@@ -58,30 +61,6 @@ class UNetConfig:
 
     def level_channels(self, level: int) -> int:
         return self.model_channels * self.channel_mult[level]
-
-
-@dataclass(frozen=True)
-class AutoencoderConfig:
-    """KL autoencoder (``AutoencoderKL``; SD's KL-f8 by default, small sizes for MNIST latents).
-
-    The encoder maps ``[B, in_channels, H, W]`` in [-1, 1] to a diagonal Gaussian over
-    ``[B, z_channels, H / 2^(L-1), W / 2^(L-1)]`` (L = ``len(ch_mult)``); the decoder maps back.
-    ``scale_factor`` multiplies latents before diffusion (0.18215 for SD 1.x).
-    """
-
-    in_channels: int = 3
-    out_channels: int = 3
-    ch: int = 128
-    ch_mult: tuple[int, ...] = (1, 2, 4, 4)
-    num_res_blocks: int = 2
-    z_channels: int = 4
-    mid_attention: bool = True
-    norm_groups: int = 32
-    scale_factor: float = 0.18215
-
-    @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusionlab.nets.ldm_blocks import Downsample, ResnetBlock, Upsample
 from diffusionlab.sd.attention import SpatialTransformer
-from diffusionlab.sd.blocks import Downsample, ResnetBlock, Upsample
 from diffusionlab.sd.config import UNetConfig
 
 UNET_NORM_EPS = 1e-5

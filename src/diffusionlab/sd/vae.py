@@ -1,209 +1,58 @@
-"""KL-regularised autoencoder (Rombach et al. 2022; SD's KL-f8 and small ones for MNIST latents).
-
-``encode(x [B, in_channels, H, W] in [-1, 1]) -> DiagonalGaussian`` over ``[B, z_channels, H/f, W/f]``
-(``f = 2^(len(ch_mult) - 1)``); ``decode(z) -> [B, out_channels, H, W]`` (approximately in [-1, 1]).
-Diffusion runs on ``scale_factor * z`` (``AutoencoderConfig.scale_factor``; 0.18215 for SD 1.x).
-"""
+"""Stable Diffusion 1.x's VAE: :class:`diffusionlab.nets.vae.AutoencoderKL` at SD's widths, loaded on its own
+from an SD checkpoint (for latent diffusion on SD's latents: ``configs/autoencoder/sd_vae.yaml``)."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
-from diffusionlab.sd.attention import Attention
-from diffusionlab.sd.blocks import Downsample, ResnetBlock, Upsample
-from diffusionlab.sd.config import AutoencoderConfig
-from diffusionlab.utils.seeding import randn
+from diffusionlab.nets.autoencoder import set_scale_factor
+from diffusionlab.nets.vae import AutoencoderConfig, AutoencoderKL, Decoder, DiagonalGaussian, Encoder
+from diffusionlab.sd.checkpoint import load_component, open_state_dict
+from diffusionlab.sd.config import sd15, vae_from_diffusers
+from diffusionlab.sd.key_map import COMPVIS_PREFIX
+from diffusionlab.utils.checkpoints import CheckpointError
 
-
-class DiagonalGaussian:
-    """``N(mean, exp(logvar))`` per latent element; ``mean``, ``logvar`` are ``[B, C, h, w]``.
-
-    Built from the encoder's ``[B, 2C, h, w]`` moments (mean first); ``logvar`` clamped to [-30, 20].
-    """
-
-    def __init__(self, moments: Tensor):
-        self.mean, logvar = moments.chunk(2, dim=1)
-        self.logvar = logvar.clamp(-30.0, 20.0)
-        self.std = torch.exp(0.5 * self.logvar)
-        self.var = torch.exp(self.logvar)
-
-    def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        """``mean + std * eps``; eps is drawn on the CPU from ``generator`` so it is device independent."""
-        if generator is None:
-            eps = torch.randn_like(self.mean)
-        else:
-            eps = randn(self.mean.shape, generator, device=self.mean.device, dtype=self.mean.dtype)
-        return self.mean + self.std * eps
-
-    def mode(self) -> Tensor:
-        return self.mean
-
-    def kl(self) -> Tensor:
-        """``KL(q || N(0, I))`` summed over all but the batch dimension: ``[B]``."""
-        return 0.5 * (self.mean.pow(2) + self.var - 1.0 - self.logvar).flatten(1).sum(1)
-
-    def nll(self, x: Tensor) -> Tensor:
-        """Negative log-likelihood of ``x`` under this Gaussian, summed per sample: ``[B]``."""
-        log2pi = torch.log(torch.tensor(2 * torch.pi, dtype=x.dtype, device=x.device))
-        return 0.5 * (log2pi + self.logvar + (x - self.mean).pow(2) / self.var).flatten(1).sum(1)
+__all__ = ["AutoencoderKL", "Decoder", "DiagonalGaussian", "Encoder", "load_sd_vae"]
 
 
-class SpatialSelfAttention(Attention):
-    """Single-head self-attention over the ``H*W`` positions of ``[B, C, H, W]``; GroupNorm, residual."""
+def load_sd_vae(
+    ckpt: str | os.PathLike,
+    scale_factor: float | None = None,
+    config: AutoencoderConfig | None = None,
+    device: str | torch.device = "cpu",
+) -> AutoencoderKL:
+    """Stable Diffusion 1.x's VAE alone (eval mode, frozen) from an original single file (``.safetensors`` /
+    ``.ckpt``, keys ``first_stage_model.*``), a diffusers folder, or its ``vae/`` subfolder.
 
-    def __init__(self, channels: int, groups: int = 32):
-        super().__init__(channels, heads=1, qkv_bias=True)
-        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        tokens = self.norm(x).flatten(2).transpose(1, 2)
-        return x + super().forward(tokens).transpose(1, 2).reshape(b, c, h, w)
-
-
-class MidBlock(nn.Module):
-    """ResnetBlock, optional self-attention, ResnetBlock at the lowest resolution."""
-
-    def __init__(self, channels: int, attention: bool, groups: int):
-        super().__init__()
-        self.res1 = ResnetBlock(channels, groups=groups)
-        self.attn = SpatialSelfAttention(channels, groups) if attention else None
-        self.res2 = ResnetBlock(channels, groups=groups)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.res1(x)
-        if self.attn is not None:
-            x = self.attn(x)
-        return self.res2(x)
-
-
-class Level(nn.Module):
-    """One resolution level: ``res`` blocks, then an optional ``downsample`` or ``upsample``."""
-
-    def __init__(self, in_ch: int, out_ch: int, n_blocks: int, groups: int, resample: str | None):
-        super().__init__()
-        self.res = nn.ModuleList(
-            ResnetBlock(in_ch if i == 0 else out_ch, out_ch, groups=groups) for i in range(n_blocks)
-        )
-        self.downsample = Downsample(out_ch, asymmetric=True) if resample == "down" else None
-        self.upsample = Upsample(out_ch) if resample == "up" else None
-
-    def forward(self, x: Tensor) -> Tensor:
-        for block in self.res:
-            x = block(x)
-        if self.downsample is not None:
-            x = self.downsample(x)
-        if self.upsample is not None:
-            x = self.upsample(x)
-        return x
-
-
-class Encoder(nn.Module):
-    """``[B, in_channels, H, W] -> [B, 2 * z_channels (or z_channels), H/f, W/f]`` (moments)."""
-
-    def __init__(
-        self,
-        in_channels: int = 3,
-        ch: int = 128,
-        ch_mult: tuple[int, ...] = (1, 2, 4, 4),
-        num_res_blocks: int = 2,
-        z_channels: int = 4,
-        double_z: bool = True,
-        mid_attention: bool = True,
-        groups: int = 32,
-    ):
-        super().__init__()
-        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
-        widths = [ch * m for m in ch_mult]
-        last = len(widths) - 1
-        self.down = nn.ModuleList(
-            Level(widths[i - 1] if i else ch, w, num_res_blocks, groups, "down" if i < last else None)
-            for i, w in enumerate(widths)
-        )
-        self.mid = MidBlock(widths[-1], mid_attention, groups)
-        self.norm_out = nn.GroupNorm(groups, widths[-1], eps=1e-6)
-        self.conv_out = nn.Conv2d(widths[-1], 2 * z_channels if double_z else z_channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.conv_in(x)
-        for level in self.down:
-            x = level(x)
-        x = self.mid(x)
-        return self.conv_out(F.silu(self.norm_out(x)))
-
-
-class Decoder(nn.Module):
-    """``[B, z_channels, h, w] -> [B, out_channels, h*f, w*f]``; levels run from the lowest resolution up,
-    each with ``num_res_blocks + 1`` residual blocks."""
-
-    def __init__(
-        self,
-        out_channels: int = 3,
-        ch: int = 128,
-        ch_mult: tuple[int, ...] = (1, 2, 4, 4),
-        num_res_blocks: int = 2,
-        z_channels: int = 4,
-        mid_attention: bool = True,
-        groups: int = 32,
-    ):
-        super().__init__()
-        widths = [ch * m for m in reversed(ch_mult)]
-        last = len(widths) - 1
-        self.conv_in = nn.Conv2d(z_channels, widths[0], 3, padding=1)
-        self.mid = MidBlock(widths[0], mid_attention, groups)
-        self.up = nn.ModuleList(
-            Level(widths[max(k - 1, 0)], w, num_res_blocks + 1, groups, "up" if k < last else None)
-            for k, w in enumerate(widths)
-        )
-        self.norm_out = nn.GroupNorm(groups, widths[-1], eps=1e-6)
-        self.conv_out = nn.Conv2d(widths[-1], out_channels, 3, padding=1)
-
-    def forward(self, z: Tensor) -> Tensor:
-        x = self.mid(self.conv_in(z))
-        for level in self.up:
-            x = level(x)
-        return self.conv_out(F.silu(self.norm_out(x)))
-
-
-class AutoencoderKL(nn.Module):
-    """Encoder + 1x1 ``quant_conv`` to Gaussian moments; 1x1 ``post_quant_conv`` + decoder back."""
-
-    def __init__(self, cfg: AutoencoderConfig | None = None):
-        super().__init__()
-        cfg = cfg or AutoencoderConfig()
-        self.config = cfg
-        common = dict(ch=cfg.ch, ch_mult=tuple(cfg.ch_mult), num_res_blocks=cfg.num_res_blocks)
-        common.update(z_channels=cfg.z_channels, mid_attention=cfg.mid_attention, groups=cfg.norm_groups)
-        self.encoder = Encoder(in_channels=cfg.in_channels, **common)
-        self.decoder = Decoder(out_channels=cfg.out_channels, **common)
-        self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.z_channels, 1)
-        self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 1)
-
-    @property
-    def scale_factor(self) -> float:
-        return self.config.scale_factor
-
-    def encode(self, x: Tensor) -> DiagonalGaussian:
-        """``x [B, in_channels, H, W]`` in [-1, 1] -> posterior over unscaled latents."""
-        return DiagonalGaussian(self.quant_conv(self.encoder(x)))
-
-    def decode(self, z: Tensor) -> Tensor:
-        """Unscaled latents ``[B, z_channels, h, w]`` -> ``[B, out_channels, h*f, w*f]``."""
-        return self.decoder(self.post_quant_conv(z))
-
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, DiagonalGaussian]:
-        """Reconstruction from a posterior sample, and the posterior (for the KL term)."""
-        posterior = self.encode(x)
-        return self.decode(posterior.sample(generator)), posterior
-
-    def encode_scaled(self, x: Tensor, generator: torch.Generator | None = None, sample: bool = False):
-        """Diffusion-space latents ``scale_factor * z`` (posterior mean, or a sample when ``sample``)."""
-        posterior = self.encode(x)
-        z = posterior.sample(generator) if sample else posterior.mode()
-        return z * self.config.scale_factor
-
-    def decode_scaled(self, z: Tensor) -> Tensor:
-        """Inverse of ``encode_scaled``: decode ``z / scale_factor``."""
-        return self.decode(z / self.config.scale_factor)
+    ``config``: the architecture of a single file (default SD 1.5's KL-f8); diffusers folders carry theirs.
+    ``scale_factor``: None keeps the checkpoint's (0.18215 for SD 1.x)."""
+    p = Path(ckpt).expanduser()
+    if p.is_dir():
+        folder = p / "vae" if (p / "vae" / "config.json").is_file() else p
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{str(p)!r} is not a diffusers folder: no vae/config.json or config.json")
+        cfg = vae_from_diffusers(json.loads((folder / "config.json").read_text()))
+        names = [f"{b}.{e}" for b in ("diffusion_pytorch_model", "model") for e in ("safetensors", "bin")]
+        weights = next((folder / n for n in names if (folder / n).is_file()), None)
+        if weights is None:
+            raise FileNotFoundError(f"no VAE weights in {str(folder)!r}: expected one of {names}")
+        with open_state_dict(weights) as source:
+            keys = {k: k for k in source}
+            ae = load_component("vae", cfg, source, keys, "diffusers", device=device, where=repr(str(folder)))
+    elif p.is_file():
+        cfg = config or sd15().vae
+        prefix = COMPVIS_PREFIX["vae"]
+        with open_state_dict(p) as source:
+            keys = {k[len(prefix) :]: k for k in source if k.startswith(prefix)}
+            if not keys:
+                raise CheckpointError(f"{str(p)!r} holds no VAE weights (no key starts with {prefix!r})")
+            ae = load_component("vae", cfg, source, keys, "compvis", device=device, where=repr(str(p)), prefix=prefix)
+    else:
+        raise FileNotFoundError(f"SD checkpoint {str(p)!r} does not exist")
+    if scale_factor is not None:
+        set_scale_factor(ae, scale_factor)
+    return ae.eval().requires_grad_(False)

@@ -1,4 +1,5 @@
-"""Convolutional building blocks shared by the UNet and the KL autoencoder.
+"""Convolutional building blocks of the CompVis latent-diffusion networks, shared by the KL autoencoder
+(:mod:`diffusionlab.nets.vae`) and Stable Diffusion's UNet (:mod:`diffusionlab.sd.unet`).
 
 Feature maps are ``[B, C, H, W]``; time embeddings ``[B, time_dim]``.
 """
