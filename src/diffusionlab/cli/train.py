@@ -11,8 +11,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from diffusionlab.cli.resume import check_resume_config
 from diffusionlab.cli.runs import resolve_resume_path, save_run_config
-from diffusionlab.utils.io import check_writable_dir
+from diffusionlab.utils.io import check_writable_dir, remove_stale_temp_files
 
 log = logging.getLogger("diffusionlab.train")
 
@@ -58,13 +59,23 @@ def _remember_wandb_id(loggers: list, ckpt_dir: Path) -> None:
             atomic_write_text(ckpt_dir / WANDB_ID_FILENAME, str(lg.experiment.id))
 
 
+@rank_zero_only
+def _remove_half_written(run_dir: Path) -> None:
+    """Temporary files a killed session left in the run folder (the complete files they were to replace stay)."""
+    for stale in remove_stale_temp_files(run_dir):
+        log.info("removed %s, left half-written by an interrupted session", stale)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model described by ``cfg``; returns the trainer's final callback metrics."""
     resume_from = resolve_resume_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name)
     if resume_from is not None:
+        check_resume_config(cfg, resume_from)
         # Continue the same run: checkpoints, sample grids and logs go on in the original run folder.
         cfg.paths.output_dir = str(Path(resume_from).resolve().parent.parent)
     out_dir = check_writable_dir(cfg.paths.output_dir)
+    if resume_from is not None:
+        _remove_half_written(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
