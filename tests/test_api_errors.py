@@ -214,7 +214,7 @@ CASES = [
         "generate-label-float",
         lambda: _generate(labels=torch.tensor([1.0])),
         ValueError,
-        r"1-D integer tensor \[N\] of class indices, got 'a torch.float32 tensor of shape \(1,\)'",
+        r"1-D integer tensor \[N\] of class indices, got a torch.float32 tensor of shape \(1,\)",
     ),
     (
         "generate-label-2d",

@@ -65,6 +65,7 @@ def test_resume_allow_changes_lets_named_keys_change(data_dir, run, tmp_path, ca
     assert "refusing to resume" not in err
     assert "does not fit the network" in err and "in the checkpoint" in err and "Traceback" not in err
     assert _step(run) == 8
+    assert "base_channels: 16" in (run / "checkpoints" / "config.yaml").read_text()  # still the checkpoint's
 
 
 def test_resume_with_new_step_budget_logger_and_callbacks_is_not_refused(data_dir, run, tmp_path):

@@ -59,6 +59,19 @@ def _remember_wandb_id(loggers: list, ckpt_dir: Path) -> None:
             atomic_write_text(ckpt_dir / WANDB_ID_FILENAME, str(lg.experiment.id))
 
 
+class SaveRunConfig(L.Callback):
+    """Write the session's config beside the checkpoints when training starts, i.e. after a resumed checkpoint
+    has loaded: a resume that fails to load (weights of another shape) leaves ``config.yaml`` describing the
+    checkpoints that are there."""
+
+    def __init__(self, cfg: DictConfig, ckpt_dir: Path):
+        self.cfg, self.ckpt_dir = cfg, ckpt_dir
+
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        save_run_config(self.cfg, self.ckpt_dir)
+
+
 @rank_zero_only
 def _remove_half_written(run_dir: Path) -> None:
     """Temporary files a killed session left in the run folder (the complete files they were to replace stay)."""
@@ -85,12 +98,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"))
+    if resume_from is not None:  # the config is rewritten once the checkpoint has loaded into this session
+        callbacks.append(SaveRunConfig(cfg, ckpt_dir))
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     if trainer.is_global_zero:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        save_run_config(cfg, ckpt_dir)
+        if resume_from is None:
+            save_run_config(cfg, ckpt_dir)
     _remember_wandb_id(loggers, ckpt_dir)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

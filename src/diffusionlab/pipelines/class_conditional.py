@@ -60,8 +60,8 @@ def check_request(labels: Tensor | None, n: int | None, num_classes: int | None,
     if num_classes is None:
         raise ValueError("labels given, but the network is unconditional (num_classes is None): pass n instead")
     if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.is_floating_point() or labels.is_complex():
-        what = f"a {labels.dtype} tensor of shape {tuple(labels.shape)}" if isinstance(labels, Tensor) else labels
-        raise ValueError(f"labels must be a 1-D integer tensor [N] of class indices, got {what!r}")
+        what = f"a {labels.dtype} tensor of shape {tuple(labels.shape)}" if isinstance(labels, Tensor) else repr(labels)
+        raise ValueError(f"labels must be a 1-D integer tensor [N] of class indices, got {what}")
     if len(labels) == 0:
         raise ValueError("labels is empty: give at least one class label")
     bad = labels[(labels < 0) | (labels >= num_classes)]
