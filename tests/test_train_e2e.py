@@ -93,7 +93,8 @@ def test_wandb_logger_runs_offline_and_a_resume_keeps_the_run_id(data_dir, tmp_p
     assert runs, "W&B offline run folder missing"
     run_id = (run / "checkpoints" / "wandb_id.txt").read_text().strip()
     assert runs[0].name.endswith(run_id)
-    overrides = train_overrides(data_dir, "trainer.max_steps=3", "trainer.max_epochs=2", "logger=wandb", f"ckpt_path={run}")
+    resume = ["trainer.max_steps=3", "trainer.max_epochs=2", "logger=wandb", f"ckpt_path={run}"]
+    overrides = train_overrides(data_dir, *resume)
     train(compose_cfg("train.yaml", overrides, tmp_path / "unused"))
     runs = sorted((run / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs), [r.name for r in runs]
