@@ -234,10 +234,6 @@ def test_checkpoint_of_another_architecture(tmp_path):
 
 
 def test_not_a_checkpoint(tmp_path):
-    text = tmp_path / "notes.ckpt"
-    text.write_text("these are not weights\n")
-    with pytest.raises(CheckpointError, match="not a checkpoint"):
-        StableDiffusion.from_single_file(text)
     empty = tmp_path / "empty.safetensors"
     empty.write_bytes(b"")
     with pytest.raises(CheckpointError, match="not a checkpoint"):
@@ -248,8 +244,6 @@ def test_not_a_checkpoint(tmp_path):
     save_file({"foo.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
     with pytest.raises(CheckpointError, match="not an SD 1.x checkpoint.*foo.weight"):
         StableDiffusion.from_single_file(tmp_path / "other.safetensors")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        StableDiffusion.from_single_file(tmp_path / "nope.safetensors")
     with pytest.raises(CheckpointError, match="from_diffusers"):
         StableDiffusion.from_single_file(saved()["diffusers"])
     with pytest.raises(CheckpointError, match="config.json"):

@@ -11,8 +11,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from diffusionlab.cli.resume import check_resume_config
 from diffusionlab.cli.runs import resolve_resume_path, save_run_config
-from diffusionlab.utils.io import check_writable_dir
+from diffusionlab.utils.io import check_writable_dir, remove_stale_temp_files
 
 log = logging.getLogger("diffusionlab.train")
 
@@ -58,13 +59,36 @@ def _remember_wandb_id(loggers: list, ckpt_dir: Path) -> None:
             atomic_write_text(ckpt_dir / WANDB_ID_FILENAME, str(lg.experiment.id))
 
 
+class SaveRunConfig(L.Callback):
+    """Write the session's config beside the checkpoints when training starts, i.e. after a resumed checkpoint
+    has loaded: a resume that fails to load (weights of another shape) leaves ``config.yaml`` describing the
+    checkpoints that are there."""
+
+    def __init__(self, cfg: DictConfig, ckpt_dir: Path):
+        self.cfg, self.ckpt_dir = cfg, ckpt_dir
+
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        save_run_config(self.cfg, self.ckpt_dir)
+
+
+@rank_zero_only
+def _remove_half_written(run_dir: Path) -> None:
+    """Temporary files a killed session left in the run folder (the complete files they were to replace stay)."""
+    for stale in remove_stale_temp_files(run_dir):
+        log.info("removed %s, left half-written by an interrupted session", stale)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model described by ``cfg``; returns the trainer's final callback metrics."""
     resume_from = resolve_resume_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name)
     if resume_from is not None:
+        check_resume_config(cfg, resume_from)
         # Continue the same run: checkpoints, sample grids and logs go on in the original run folder.
         cfg.paths.output_dir = str(Path(resume_from).resolve().parent.parent)
     out_dir = check_writable_dir(cfg.paths.output_dir)
+    if resume_from is not None:
+        _remove_half_written(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -74,12 +98,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"))
+    if resume_from is not None:  # the config is rewritten once the checkpoint has loaded into this session
+        callbacks.append(SaveRunConfig(cfg, ckpt_dir))
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     if trainer.is_global_zero:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        save_run_config(cfg, ckpt_dir)
+        if resume_from is None:
+            save_run_config(cfg, ckpt_dir)
     _remember_wandb_id(loggers, ckpt_dir)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -71,6 +71,19 @@ def _betas_for_sigmoid(num_timesteps: int, beta_start: float, beta_end: float) -
     return torch.sigmoid(x) * (beta_end - beta_start) + beta_start
 
 
+def _end_points(name: str, beta_start, beta_end, default_start: float, default_end: float) -> tuple[float, float]:
+    """``(beta_start, beta_end)`` with the schedule's defaults for None; ``ValueError`` unless
+    ``0 < beta_start <= beta_end < 1``."""
+    lo = default_start if beta_start is None else beta_start
+    hi = default_end if beta_end is None else beta_end
+    for what, v in (("beta_start", lo), ("beta_end", hi)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise ValueError(f"{name} schedule: {what} must be a number in (0, 1), got {v!r}")
+    if lo > hi:
+        raise ValueError(f"{name} schedule: beta_start {lo!r} is above beta_end {hi!r}; betas grow with t")
+    return float(lo), float(hi)
+
+
 class NoiseSchedule:
     """A discrete variance-preserving noise schedule with closed forms.
 
@@ -81,8 +94,13 @@ class NoiseSchedule:
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.ndim != 1 or len(betas) == 0:
             raise ValueError(f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
-        if not bool(((betas > 0) & (betas < 1)).all()):
-            raise ValueError("every beta must lie in (0, 1)")
+        outside = ~((betas > 0) & (betas < 1))
+        if bool(outside.any()):
+            i = int(outside.nonzero()[0])
+            raise ValueError(
+                f"every beta must lie in (0, 1); {int(outside.sum())} do not, "
+                f"the first betas[{i}] = {betas[i].item()!r}"
+            )
         self.name = name
         self.betas = betas
         self.alphas = 1.0 - betas
@@ -118,14 +136,14 @@ class NoiseSchedule:
         - ``cosine``: Nichol & Dhariwal (diffusers' ``squaredcos_cap_v2``), ``s=0.008``, betas <= 0.999.
         - ``sigmoid``: sigmoid-shaped betas (default 1e-4..0.02).
         """
-        if not isinstance(num_timesteps, int) or num_timesteps < 1:
+        if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 1:
             raise ValueError(f"num_timesteps must be a positive integer, got {num_timesteps!r}")
         if name in ("linear", "sigmoid"):
-            lo = 1e-4 if beta_start is None else beta_start
-            hi = 0.02 if beta_end is None else beta_end
+            lo, hi = _end_points(name, beta_start, beta_end, 1e-4, 0.02)
         elif name == "scaled_linear":
-            lo = 0.00085 if beta_start is None else beta_start
-            hi = 0.012 if beta_end is None else beta_end
+            lo, hi = _end_points(name, beta_start, beta_end, 0.00085, 0.012)
+        elif name == "cosine" and not (cosine_s > 0 and 0 < max_beta < 1):
+            raise ValueError(f"cosine needs cosine_s > 0 and max_beta in (0, 1), got {cosine_s!r} and {max_beta!r}")
         if name == "linear":
             # float32 linspace then float64, exactly as diffusers does, so the tables agree to the bit.
             betas = torch.linspace(lo, hi, num_timesteps, dtype=torch.float32).double()

@@ -9,6 +9,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from safetensors.torch import save_file
 
+from diffusionlab.utils import faults
 from diffusionlab.utils.images import labelled_grid
 from diffusionlab.utils.io import atomic_path
 
@@ -81,6 +82,7 @@ class SampleGridCallback(Callback):
         out_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             grid.save(tmp, format="PNG")
+            faults.fault_point("sample_grid", trainer.global_step)
         self.last_path = path
         log_image(trainer, "samples", grid, trainer.global_step)
 

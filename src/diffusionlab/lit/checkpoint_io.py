@@ -10,6 +10,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from diffusionlab.utils import faults
 from diffusionlab.utils.checkpoints import load_torch_checkpoint
 from diffusionlab.utils.io import atomic_path
 
@@ -23,6 +24,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
+            faults.fault_point("checkpoint_save", checkpoint.get("global_step", -1))
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         return load_torch_checkpoint(path, map_location=map_location or "cpu")

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 from lightning import LightningModule
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 from torchmetrics.aggregation import MeanMetric
 
@@ -13,6 +14,8 @@ from diffusionlab.data.samplers import global_batch_index
 from diffusionlab.diffusion.gaussian import GaussianDiffusion, NonFiniteLossError
 from diffusionlab.lit.ema import EMA
 from diffusionlab.pipelines import PRECISIONS, default_sampler_opts, generate
+from diffusionlab.utils import faults
+from diffusionlab.utils.checkpoints import check_state_dict_shapes
 
 
 class DiffusionModule(LightningModule):
@@ -122,6 +125,7 @@ class DiffusionModule(LightningModule):
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch, batch_idx: int) -> Tensor:
+        faults.fault_point("train_step", self.global_step)
         x, y = self._prepare(batch)
         loss = self.diffusion.training_loss(
             self._train_net,
@@ -149,6 +153,7 @@ class DiffusionModule(LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         """``val/loss`` and ``val/loss_ema`` on noise seeded by the batch's single-process position, averaged
         over all images of all ranks (:class:`MeanMetric` sums across ranks): the value one process gets."""
+        faults.fault_point("validation", self.global_step)
         x, y = self._prepare(batch)
         seed = self.val_seed + global_batch_index(batch_idx, self._trainer)
         cond = self.condition(x)
@@ -179,7 +184,10 @@ class DiffusionModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore the training-noise position and rank 0's global RNG state (other ranks derive theirs from
-        it, so a resumed multi-process run with dropout is not bit-identical to an uninterrupted one)."""
+        it, so a resumed multi-process run with dropout is not bit-identical to an uninterrupted one). Weights of
+        other shapes (a resume that changed the network on purpose) stop with the list of them."""
+        if self._trainer is None or not isinstance(self.trainer.strategy, FSDPStrategy):  # FSDP: flat shards
+            check_state_dict_shapes(self.state_dict(), checkpoint.get("state_dict", {}), "the checkpoint")
         state = checkpoint.get("diffusionlab_rng")
         if state is None:
             return

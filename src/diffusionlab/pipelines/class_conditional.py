@@ -62,6 +62,33 @@ def mixed_precision(fn: Callable[..., Tensor], device: torch.device, precision: 
     return wrapped
 
 
+def check_request(labels: Tensor | None, n: int | None, num_classes: int | None, guidance: float) -> int:
+    """The number of samples asked for; ``ValueError`` naming the value and the valid range for a bad ``n``,
+    labels (``[N]`` integers in ``[0, num_classes - 1]``, conditional models only) or guidance scale."""
+    if labels is None and n is None:
+        raise ValueError("give either labels [N] or the number of samples n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n (the number of samples) must be a positive integer, got {n!r}")
+    if not guidance >= 0:  # also NaN; classifier_free_guidance refuses non-numbers and infinities
+        raise ValueError(f"guidance scale must be >= 0 (1 = no guidance, 0 = unconditional), got {guidance!r}")
+    check_conditioning(num_classes, labels is not None, guidance)
+    if labels is None:
+        return n
+    if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.is_floating_point() or labels.is_complex():
+        what = f"a {labels.dtype} tensor of shape {tuple(labels.shape)}" if isinstance(labels, Tensor) else repr(labels)
+        raise ValueError(f"labels must be a 1-D integer tensor [N] of class indices, got {what}")
+    if len(labels) == 0:
+        raise ValueError("labels is empty: give at least one class label")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+        raise ValueError(
+            f"class label(s) {sorted(set(bad.tolist()))} out of range: valid labels are 0..{num_classes - 1}"
+        )
+    if n is not None and n != len(labels):
+        raise ValueError(f"n={n} differs from the {len(labels)} labels given; give one of them, or both equal")
+    return len(labels)
+
+
 @torch.no_grad()
 def generate(
     net: nn.Module,
@@ -87,8 +114,9 @@ def generate(
     Args:
         net: ``net(x_t, t, y) -> prediction`` of ``diffusion.prediction``; put in eval mode here.
         shape: ``(C, H, W)`` of one sample.
-        labels: ``[N]`` class labels of a class-conditional ``net``, or None for ``n`` unconditional samples
-            (the null class of a conditional net; an unconditional net, ``net.num_classes = None``, takes none).
+        labels: ``[N]`` class labels in ``[0, num_classes - 1]`` of a class-conditional ``net``, or None for
+            ``n`` unconditional samples (the null class of a conditional net; an unconditional net,
+            ``net.num_classes = None``, takes none); ``n``, if also given, must equal ``N``.
         guidance: classifier-free guidance scale ``s`` (Stable Diffusion convention):
             ``out = uncond + s * (cond - uncond)``; ``s = 1`` is the plain conditional model, ``s = 0`` the
             unconditional one; the seed paper's weight ``w`` is ``s = 1 + w``. Needs labels: without them
@@ -107,14 +135,8 @@ def generate(
     Returns ``(samples, trajectory)``; ``trajectory`` is a list of ``[N, ...]`` tensors (decoded if
     ``decode`` is given), empty unless ``trajectory_every > 0``.
     """
-    if labels is None and n is None:
-        raise ValueError("give either labels [N] or the number of samples n")
+    num = check_request(labels, n, getattr(net, "num_classes", None), guidance)
     device = torch.device(device) if device is not None else next(net.parameters()).device
-    num = len(labels) if labels is not None else n
-    if guidance < 0:
-        raise ValueError(f"guidance scale must be >= 0 (1 = no guidance), got {guidance}")
-    num_classes = getattr(net, "num_classes", None)
-    check_conditioning(num_classes, labels is not None, guidance)
     precision = check_precision(precision)
     net_was_training = net.training
     net.eval()
@@ -137,7 +159,7 @@ def generate(
         return net(x_t, t, c, cond=cond.repeat(len(x_t) // num, 1, 1, 1))  # guidance doubles the batch
 
     net_fn = mixed_precision(call_net, device, precision)
-
+    num_classes = getattr(net, "num_classes", None)
     if labels is not None:
         y = labels.to(device)
         model_fn = classifier_free_guidance(net_fn, y, torch.full_like(y, num_classes), guidance)

@@ -10,6 +10,7 @@ Two conventions exist; each has its own name here:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -35,6 +36,8 @@ def classifier_free_guidance(net_fn: NetFn, cond: Tensor, uncond: Tensor, scale:
     """
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"guidance scale must be a number, got {type(scale).__name__}")
+    if not math.isfinite(scale):
+        raise ValueError(f"guidance scale must be finite (1 = the conditional model), got {scale!r}")
     if not isinstance(cond, Tensor) or not isinstance(uncond, Tensor):
         raise TypeError("cond and uncond must be tensors (class labels [B] or embeddings [B, ...])")
     if cond.shape[1:] != uncond.shape[1:]:

@@ -370,7 +370,10 @@ class StableDiffusion:
         sampler_options: dict | None = None,
     ) -> SDOutput:
         """Text to image. ``latents``: initial standard-normal noise ``[B, 4, H/8, W/8]`` (drawn from
-        ``seed`` on the CPU otherwise). ``n`` images per prompt."""
+        ``seed`` on the CPU otherwise). ``n`` images per prompt. An empty prompt ``""`` is allowed, as in
+        diffusers: it is the unconditional embedding (with the default empty negative prompt every guidance
+        scale gives the same unconditional image). Prompts over 77 tokens are truncated with a warning naming
+        the dropped words; ``height`` and ``width`` must be multiples of 8 (``ValueError`` otherwise)."""
         check_size(height, width, self.vae.config.downsample_factor)
         if self.is_inpainting_model:  # the inpainting UNet draws from scratch with everything masked
             gray = torch.full((1, 3, height, width), 0.5)

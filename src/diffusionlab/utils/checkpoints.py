@@ -45,3 +45,15 @@ def check_state_dict_keys(expected: set[str], found: set[str], what: str) -> Non
             f"{what} does not match the network's architecture: "
             f"{len(missing)} missing keys [{show(missing)}]; {len(unexpected)} unexpected keys [{show(unexpected)}]"
         )
+
+
+def check_state_dict_shapes(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], what: str) -> None:
+    """Raise :class:`CheckpointError` listing the keys both hold with different shapes (another width, ...)."""
+    wrong = [k for k in expected.keys() & found.keys() if tuple(expected[k].shape) != tuple(found[k].shape)]
+    if wrong:
+        shown = "; ".join(
+            f"{k}: {tuple(found[k].shape)} in the checkpoint, {tuple(expected[k].shape)} here"
+            for k in sorted(wrong)[:5]
+        )
+        more = f" (+{len(wrong) - 5} more)" if len(wrong) > 5 else ""
+        raise CheckpointError(f"{what} does not fit the network ({len(wrong)} tensors of other shapes): {shown}{more}")
