@@ -20,6 +20,7 @@ from tests.helpers import ROOT
 def test_two_processes_build_each_cache_once_and_share_it(data_dir, tmp_path):
     cache, sync = tmp_path / "cache", tmp_path / "sync"
     sync.mkdir()
+    ImageDataModule(name="mnist", data_dir=str(data_dir)).prepare_data()  # the .gz extracted before, not racing
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     procs = [
         subprocess.Popen(
