@@ -52,15 +52,21 @@ class TinyFeatures(nn.Module):
 def make_run(folder: Path) -> Path:
     """A run folder (config.yaml + ema.safetensors) holding a random-weight tiny UNet."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
+    from omegaconf import open_dict
     from safetensors.torch import save_file
 
     from diffusionlab.cli.resolvers import register_resolvers
     from diffusionlab.cli.runs import save_run_config
 
     register_resolvers()
+    overrides = [*TINY_NET, f"paths.output_dir={folder}", f"paths.data_dir={DATA_DIR}"]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train.yaml", overrides=[*TINY_NET, f"paths.output_dir={folder}", f"paths.data_dir={DATA_DIR}"])
+        cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)  # the config interpolates hydra.* (paths.root_dir): resolve it, then drop it
+    with open_dict(cfg):
+        del cfg.hydra
     torch.manual_seed(0)
     net = instantiate(cfg.model)
     ckpt = folder / "checkpoints"
