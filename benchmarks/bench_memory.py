@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -100,7 +101,9 @@ def main() -> None:
         tmp = Path(tmp)
         run = make_run(tmp / "run")
         weights = tmp / "tiny_features.torchscript.pt"
-        torch.jit.script(TinyFeatures().eval()).save(str(weights))
+        with warnings.catch_warnings():  # "torch.jit.script is deprecated": still what load_inception reads
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.script(TinyFeatures().eval()).save(str(weights))
         common = [f"ckpt={run}", "steps=1", f"batch_size={args.batch_size}", "hydra.output_subdir=null"]
         for n in args.n:
             out = tmp / f"n{n}"
