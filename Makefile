@@ -35,6 +35,7 @@ bench:  ## speed and memory against peers measured in the same run (ratios); not
 	$(PY) benchmarks/bench_unet.py --quick
 	$(PY) benchmarks/bench_sampling.py
 	$(PY) benchmarks/bench_metrics.py
+	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_latent.py
 	$(PY) benchmarks/bench_ddp.py
 

@@ -72,3 +72,18 @@ def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 
         text=True,
         timeout=timeout,
     )
+
+
+def user_error_output(fn, *args, capsys) -> str:
+    """Call an entry-point task under :func:`exit_on_user_error`; assert it exits with the user-error code 2
+    and without a traceback; return its stderr."""
+    import pytest
+
+    from diffusionlab.cli.errors import exit_on_user_error
+
+    with pytest.raises(SystemExit) as e:
+        exit_on_user_error(fn)(*args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err[-3000:]
+    return err

@@ -145,7 +145,7 @@ def test_damaged_cache_is_rebuilt_with_a_warning(data_dir, tmp_path, monkeypatch
 
 
 def test_size_check_misses_same_size_damage_that_hash_catches(data_dir, tmp_path):
-    dm = make_dm(data_dir, tmp_path, tiny_ae())
+    dm = make_dm(data_dir, tmp_path, tiny_ae(), verify="size")
     dm.setup("fit")
     path = dm.cache_folder("val") / "std.npy"
     data = bytearray(path.read_bytes())

@@ -43,8 +43,8 @@ def test_second_call_hits_the_cache_without_running_the_extractor(data_dir, tmp_
     idx = select_subset(len(images), 40, seed=0)
     assert torch.equal(first.labels, labels[idx])
     torch.testing.assert_close(first.features.features, ext(images[idx])[0])
-    # atomic writes leave no temporary files behind
-    assert [p.name for p in (tmp_path / "reference").iterdir()] == [first.path.name]
+    # atomic writes leave no temporary (or lock) files behind: the features and their checksum
+    assert sorted(p.name for p in (tmp_path / "reference").iterdir()) == [first.path.name, first.path.name + ".sha256"]
 
 
 def test_key_changes_with_n_split_extractor_and_subset(data_dir, tmp_path):

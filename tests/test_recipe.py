@@ -9,6 +9,7 @@ EMA 0.999 with warm-up, min-SNR-5, 28x28 native) on a narrower network (base 16)
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from diffusionlab.cli.runs import load_run
@@ -18,6 +19,8 @@ from diffusionlab.metrics.preprocess import quantize
 from diffusionlab.pipelines import generate
 from tests.helpers import compose_cfg
 from tests.test_metrics_classifier import ensure_mnist_classifier
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small model: one intra-op thread (tests/conftest.py)
 
 STEPS = 300
 MIN_ACCURACY = 0.5  # measured 2026-12-02: see the assertion message; chance is 0.1

@@ -10,10 +10,12 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from diffusionlab.diffusion.gaussian import NonFiniteLossError
+from diffusionlab.utils.io import DISK_FULL_ERRNOS, DiskFullError
 
-# Errors a user causes (bad value, path or file) or must act on (a diverged loss); anything else is a bug
-# and keeps its traceback.
+# Errors a user causes (bad value, path or file) or must act on (a diverged loss, a full disk); anything else
+# is a bug and keeps its traceback.
 USER_ERRORS = (
+    DiskFullError,
     ValueError,
     TypeError,
     FileNotFoundError,
@@ -28,6 +30,9 @@ def user_error_message(err: BaseException) -> str | None:
     """The message to show for a user error (unwrapping Hydra's instantiation wrapper), else None."""
     while isinstance(err, HydraException) and (err.__cause__ or err.__context__) is not None:
         err = err.__cause__ or err.__context__
+    if isinstance(err, OSError) and not isinstance(err, DiskFullError) and err.errno in DISK_FULL_ERRNOS:
+        where = f" while writing {err.filename}" if err.filename else ""  # a write outside the atomic writers
+        return f"disk full{where} ({err.strerror}): free space and run again"
     if isinstance(err, USER_ERRORS):
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         return str(msg).strip() or type(err).__name__

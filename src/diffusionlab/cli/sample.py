@@ -1,4 +1,8 @@
-"""The sampling task: a run's EMA weights -> a PNG grid (+ single PNGs, + a trajectory GIF)."""
+"""The sampling task: a run's EMA weights -> a PNG grid (+ single PNGs, + a trajectory GIF).
+
+Samples are drawn ``batch_size`` at a time (batch ``i`` from seed ``seed + i``) and written as they come, so
+memory stays flat in ``n``: only the first ``grid_max`` samples are kept, for the grid and the GIF.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, ListConfig
+from tqdm.auto import tqdm
 
 from diffusionlab.cli.runs import load_run
 from diffusionlab.pipelines import default_sampler_opts, generate
@@ -77,6 +82,9 @@ def sample_sd(cfg: DictConfig) -> Path:
 def sample(cfg: DictConfig) -> Path:
     if cfg.n < 1:
         raise ValueError(f"n must be >= 1, got {cfg.n}")
+    for key in ("batch_size", "grid_max"):
+        if cfg.get(key) is None or cfg[key] < 1:
+            raise ValueError(f"{key} must be an integer >= 1, got {cfg.get(key)}")
     out_dir = check_writable_dir(cfg.out_dir)
     if cfg.get("model") is not None:
         name = cfg.model.get("name")
@@ -109,32 +117,46 @@ def sample(cfg: DictConfig) -> Path:
         guidance,
         cfg.seed,
     )
-    images, trajectory = generate(
-        run.net,
-        run.diffusion,
-        run.sample_shape,
-        labels=labels,
-        n=cfg.n,
-        sampler=cfg.sampler.name,
-        steps=steps,
-        guidance=guidance,
-        seed=cfg.seed,
-        sampler_opts=opts,
-        decode=run.decode,
-        trajectory_every=frames_every,
-        device=device,
-        precision=cfg.precision,
-        channels_last=cfg.channels_last,
-    )
+    n_grid = min(cfg.n, cfg.grid_max)
+    grid: list[torch.Tensor] = []  # uint8 [b, C, H, W] chunks of the first n_grid samples
+    frames: list[list[torch.Tensor]] = []  # per GIF frame, the same chunks of the predicted x0
+    starts = range(0, cfg.n, cfg.batch_size)
+    for i, start in enumerate(tqdm(starts, desc="sampling", unit="batch", disable=len(starts) == 1)):
+        b = min(cfg.batch_size, cfg.n - start)
+        keep = max(0, min(b, n_grid - start))
+        images, trajectory = generate(
+            run.net,
+            run.diffusion,
+            run.sample_shape,
+            labels=None if labels is None else labels[start : start + b],
+            n=b,
+            sampler=cfg.sampler.name,
+            steps=steps,
+            guidance=guidance,
+            seed=cfg.seed + i,
+            sampler_opts=opts,
+            decode=run.decode,
+            trajectory_every=frames_every if keep else 0,
+            progress=len(starts) == 1,
+            device=device,
+            precision=cfg.precision,
+            channels_last=cfg.channels_last,
+        )
+        u8 = to_uint8(images)
+        if cfg.save_individual:
+            for j, img in enumerate(u8):
+                save_png(img.permute(1, 2, 0).numpy(), out_dir / "images" / f"{start + j:05d}.png")
+        if keep:
+            grid.append(u8[:keep])
+            if trajectory:
+                frames = frames or [[] for _ in range(len(trajectory) + 1)]
+                for frame, x in zip(frames, trajectory + [images]):
+                    frame.append(to_uint8(x[:keep]))
+        del images, trajectory, u8
     tag = f"{cfg.sampler.name}_{steps}steps_g{guidance:g}_seed{cfg.seed}"
-    u8 = to_uint8(images)
-    grid_path = save_png(make_grid(u8, nrow=cfg.nrow), out_dir / f"grid_{tag}.png", scale=2)
-    if cfg.save_individual:
-        for i, img in enumerate(u8):
-            save_png(img.permute(1, 2, 0).numpy(), out_dir / "images" / f"{i:05d}.png")
-    if cfg.gif and trajectory:
-        frames = [make_grid(to_uint8(x), nrow=cfg.nrow) for x in trajectory + [images]]
-        save_gif(frames, out_dir / f"trajectory_{tag}.gif", scale=2)
+    grid_path = save_png(make_grid(torch.cat(grid), nrow=cfg.nrow), out_dir / f"grid_{tag}.png", scale=2)
+    if frames:
+        save_gif([make_grid(torch.cat(f), nrow=cfg.nrow) for f in frames], out_dir / f"trajectory_{tag}.gif", scale=2)
     log.info("wrote %s (EMA weights of %s, step %d)", grid_path, run.ckpt_dir, run.global_step)
     print(grid_path)
     return grid_path

@@ -9,6 +9,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from safetensors.torch import save_file
 
+from diffusionlab.lit.checkpoint_io import RESUME_HINT
 from diffusionlab.utils import faults
 from diffusionlab.utils.images import labelled_grid
 from diffusionlab.utils.io import atomic_path
@@ -80,7 +81,7 @@ class SampleGridCallback(Callback):
         out_dir = Path(self.out_dir or Path(trainer.default_root_dir) / "samples")
         path = out_dir / f"epoch_{trainer.current_epoch:04d}_step_{trainer.global_step:07d}.png"
         out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
+        with atomic_path(path, disk_full_hint=RESUME_HINT) as tmp:
             grid.save(tmp, format="PNG")
             faults.fault_point("sample_grid", trainer.global_step)
         self.last_path = path
@@ -110,7 +111,7 @@ class ExportEMACallback(Callback):
         state = {k: v.detach().cpu().contiguous() for k, v in pl_module.ema.shadow.state_dict().items()}
         path = self.dirpath / EMA_FILENAME
         self.dirpath.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
+        with atomic_path(path, disk_full_hint=RESUME_HINT) as tmp:
             save_file(state, str(tmp), metadata={"global_step": str(trainer.global_step)})
         return path
 

@@ -14,6 +14,9 @@ from diffusionlab.utils import faults
 from diffusionlab.utils.checkpoints import load_torch_checkpoint
 from diffusionlab.utils.io import atomic_path
 
+# What to do after a training write ran out of disk space (the previous checkpoint is intact).
+RESUME_HINT = "resume with ckpt_path=last"
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Saves to a temporary file beside the target and renames it (local paths); loads with
@@ -22,7 +25,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         if get_filesystem(path).protocol not in ("file", ("file", "local")) and "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        with atomic_path(path) as tmp:
+        with atomic_path(path, disk_full_hint=RESUME_HINT) as tmp:
             torch.save(checkpoint, tmp)
             faults.fault_point("checkpoint_save", checkpoint.get("global_step", -1))
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+from diffusionlab.utils.checksums import sha256_file
+
+__all__ = ["default_cache_dir", "resolve_cache_dir", "sha256_file", "sha256_json", "sha256_tensors"]
 
 
 def default_cache_dir() -> Path:
@@ -21,20 +23,6 @@ def default_cache_dir() -> Path:
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     return Path(cache_dir) if cache_dir is not None else default_cache_dir()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes (memoised per path, size and modification time)."""
-    path = Path(path)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _FILE_HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _FILE_HASHES[key] = h.hexdigest()
-    return _FILE_HASHES[key]
 
 
 def sha256_tensors(*tensors: Tensor) -> str:

@@ -3,7 +3,9 @@
 Inception is trained on photographs, not digits; a small CNN trained on the dataset's own train split gives
 (a) the class accuracy of class-conditional samples and (b) a FID in its 128-d penultimate feature space.
 The checkpoint is cached as ``cache_dir/classifiers/<dataset>.safetensors`` (config and test accuracy in its
-metadata). Train it with ``make classifier`` or::
+metadata) with a ``.sha256`` sidecar checked on every load: a damaged file is never used (evaluation retrains
+it with a warning). Concurrent processes train it once (:func:`ensure_classifier`). Train it with
+``make classifier`` or::
 
     python -m diffusionlab.metrics.classifier --dataset mnist --data-dir ../shared/datasets
 """
@@ -28,7 +30,9 @@ from diffusionlab.metrics.cache import resolve_cache_dir, sha256_file, sha256_te
 from diffusionlab.metrics.datasets import canonical_dataset, load_split
 from diffusionlab.metrics.features import FeatureExtractor
 from diffusionlab.metrics.preprocess import check_images
-from diffusionlab.utils.io import atomic_path
+from diffusionlab.utils.cache_files import atomic_write_checked, ensure_cached_file
+from diffusionlab.utils.checksums import checksum_problem
+from diffusionlab.utils.locks import file_lock
 
 TARGET_ACCURACY = {"mnist": 0.99, "fashion_mnist": 0.90}
 DEFAULT_EPOCHS = {"mnist": 4, "fashion_mnist": 8}
@@ -169,25 +173,63 @@ def train_classifier(
         "seconds": round(time.time() - start, 1),
     }
     if save:
-        path = classifier_path(dataset, cache_dir)
-        meta = {"config": json.dumps(model.config), "info": json.dumps(info)}
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        with atomic_path(path) as tmp:
-            save_file(state, str(tmp), metadata=meta)
+        atomic_write_checked(classifier_path(dataset, cache_dir), lambda tmp: write_classifier(model, info, tmp))
     return model, info
 
 
-def load_classifier(
-    dataset: str, cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu"
-) -> tuple[DomainClassifier, dict]:
-    """The cached classifier of ``dataset`` (eval mode) and its info (``test_accuracy``, ..., ``sha256``)."""
+def write_classifier(model: DomainClassifier, info: dict, path: str | os.PathLike) -> None:
+    """The weights as safetensors, with the config and ``info`` in the metadata."""
+    meta = {"config": json.dumps(model.config), "info": json.dumps(info)}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata=meta)
+
+
+def ensure_classifier(
+    dataset: str, data_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None, force: bool = False,
+    **train_kw,
+) -> bool:  # fmt: skip
+    """Train and cache the classifier of ``dataset`` unless a verified one is there (``force``: always).
+
+    A damaged file is retrained with a warning; concurrent processes train once, the others wait and reuse
+    it. ``train_kw`` go to :func:`train_classifier`. Returns True if this call trained it."""
     path = classifier_path(dataset, cache_dir)
+    if force:
+        with file_lock(path):
+            train_classifier(dataset, data_dir, cache_dir=cache_dir, save=True, **train_kw)
+        return True
+
+    def write(tmp: Path) -> None:
+        model, info = train_classifier(dataset, data_dir, cache_dir=cache_dir, save=False, **train_kw)
+        write_classifier(model, info, tmp)
+
+    return ensure_cached_file(path, write, "domain classifier")
+
+
+def load_classifier(
+    dataset: str,
+    cache_dir: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    data_dir: str | os.PathLike | None = None,
+) -> tuple[DomainClassifier, dict]:
+    """The cached classifier of ``dataset`` (eval mode) and its info (``test_accuracy``, ..., ``sha256``).
+
+    A file whose sha256 differs from its sidecar is never loaded: with ``data_dir`` it is retrained first
+    (default settings, as ``make classifier``; a warning says so), without it a ValueError says how."""
+    path = classifier_path(dataset, cache_dir)
+    name = canonical_dataset(dataset)
     if not path.is_file():
         raise FileNotFoundError(
-            f"no domain classifier for {canonical_dataset(dataset)!r} at {str(path)!r}; train it with "
-            f"`python -m diffusionlab.metrics.classifier --dataset {canonical_dataset(dataset)} "
-            "--data-dir <datasets folder>` (make classifier)"
+            f"no domain classifier for {name!r} at {str(path)!r}; train it with `python -m "
+            f"diffusionlab.metrics.classifier --dataset {name} --data-dir <datasets folder>` (make classifier)"
         )
+    problem = checksum_problem(path)
+    if problem is not None:
+        if data_dir is None:
+            raise ValueError(
+                f"domain classifier {str(path)!r} is damaged ({problem}); retrain it with `python -m "
+                f"diffusionlab.metrics.classifier --dataset {name} --data-dir <datasets folder> --force`"
+            )
+        ensure_classifier(dataset, data_dir, cache_dir)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     model = DomainClassifier(**json.loads(meta["config"]))
@@ -223,9 +265,13 @@ class ClassifierFeatures(FeatureExtractor):
 
 
 def load_classifier_extractor(
-    dataset: str, cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+    dataset: str,
+    cache_dir: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    data_dir: str | os.PathLike | None = None,
 ) -> tuple[ClassifierFeatures, dict]:
-    model, info = load_classifier(dataset, cache_dir, device)
+    """:func:`load_classifier` wrapped as a :class:`ClassifierFeatures` extractor."""
+    model, info = load_classifier(dataset, cache_dir, device, data_dir)
     return ClassifierFeatures(model, dataset, info["sha256"]).to(device), info
 
 
@@ -246,21 +292,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    path = classifier_path(args.dataset, args.cache_dir)
-    if path.is_file() and not args.force:
-        _, info = load_classifier(args.dataset, args.cache_dir)
-        print(f"cached classifier {path}")
-    else:
-        _, info = train_classifier(
-            args.dataset,
-            args.data_dir,
-            cache_dir=args.cache_dir,
-            epochs=args.epochs,
-            max_train=args.max_train,
-            max_test=args.max_test,
-            device=args.device,
-        )
-        info["path"] = str(path)
+    trained = ensure_classifier(
+        args.dataset,
+        args.data_dir,
+        args.cache_dir,
+        force=args.force,
+        epochs=args.epochs,
+        max_train=args.max_train,
+        max_test=args.max_test,
+        device=args.device,
+    )
+    _, info = load_classifier(args.dataset, args.cache_dir)
+    print(f"{'trained' if trained else 'cached'} classifier {info['path']}")
     target = TARGET_ACCURACY[args.dataset] if args.min_accuracy is None else args.min_accuracy
     print(
         f"{args.dataset}: test accuracy {info['test_accuracy']:.4f} on {info['test_size']} images "

@@ -80,7 +80,7 @@ class Evaluator:
                 raise ValueError(f"no domain classifier for {self.dataset!r}; one exists for {CLASSIFIER_DATASETS}")
             return None, None
         try:
-            return load_classifier_extractor(self.dataset, self.cache_dir, device)
+            return load_classifier_extractor(self.dataset, self.cache_dir, device, data_dir=self.data_dir)
         except FileNotFoundError as err:
             if mode is True:
                 raise

@@ -308,6 +308,31 @@ def split_batch(batch) -> tuple[Tensor, Tensor | None]:
     return batch, None
 
 
+class RowBuffer:
+    """Rows ``[n, ...]`` appended batch by batch into one preallocated tensor (``capacity`` rows; doubled when
+    exceeded), so collecting N features costs N rows of memory, not the 2N of a list and ``torch.cat``."""
+
+    def __init__(self, capacity: int | None = None) -> None:
+        self.capacity, self.n, self.buf = capacity or 0, 0, None
+
+    def add(self, rows: Tensor) -> None:
+        if self.buf is None:
+            self.buf = rows.new_empty((max(self.capacity, len(rows)), *rows.shape[1:]))
+        elif self.n + len(rows) > len(self.buf):
+            grown = rows.new_empty((max(2 * len(self.buf), self.n + len(rows)), *rows.shape[1:]))
+            grown[: self.n] = self.buf[: self.n]
+            self.buf = grown
+        self.buf[self.n : self.n + len(rows)] = rows
+        self.n += len(rows)
+
+    def tensor(self) -> Tensor | None:
+        """The rows so far (the buffer itself when full; a compact copy otherwise, so that saving it does not
+        write the unused rows), None if nothing was added."""
+        if self.buf is None:
+            return None
+        return self.buf if self.n == len(self.buf) else self.buf[: self.n].clone()
+
+
 @torch.inference_mode()
 def extract_features(
     batches: Iterable,
@@ -317,38 +342,38 @@ def extract_features(
     progress: bool = True,
     desc: str = "features",
 ) -> tuple[dict[str, FeatureSet], Tensor | None]:
-    """Run every extractor over every batch once.
+    """Run every extractor over every batch once, keeping only the features (images are dropped batch by
+    batch, so memory is flat in the number of images apart from the ``[N, D]`` features themselves).
 
     ``batches`` yields float images in [-1, 1] (quantised to uint8 first) or uint8 images, optionally paired
     with labels. Returns ``({name: FeatureSet}, labels [N] or None)``; ``total`` (images) sizes the
-    progress bar.
+    progress bar and the preallocated feature arrays.
     """
     if not extractors:
         raise ValueError("extract_features needs at least one extractor")
-    feats: dict[str, list[Tensor]] = {k: [] for k in extractors}
-    logits: dict[str, list[Tensor]] = {k: [] for k in extractors}
-    labels: list[Tensor] = []
+    feats = {k: RowBuffer(total) for k in extractors}
+    logits = {k: RowBuffer(total) for k in extractors}
+    labels = RowBuffer(total)
+    n_batches = n_labelled = 0
     with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for batch in batches:
             images, y = split_batch(batch)
             images = quantize(images)
             for name, ext in extractors.items():
                 f, lg = ext(images)
-                feats[name].append(f.cpu())
+                feats[name].add(f.cpu())
                 if lg is not None:
-                    logits[name].append(lg.cpu())
+                    logits[name].add(lg.cpu())
             if y is not None:
                 if y.shape[0] != images.shape[0]:
                     raise ValueError(f"got {y.shape[0]} labels for {images.shape[0]} images")
-                labels.append(y)
+                labels.add(y)
+                n_labelled += 1
+            n_batches += 1
             bar.update(images.shape[0])
-    if not feats[next(iter(extractors))]:
+    if not n_batches:
         raise ValueError("no images: the batch iterator was empty")
-    n_batches = len(feats[next(iter(extractors))])
-    if labels and len(labels) != n_batches:
+    if n_labelled and n_labelled != n_batches:
         raise ValueError("either every batch or no batch must carry labels")
-    out = {
-        name: FeatureSet(torch.cat(feats[name]), torch.cat(logits[name]) if logits[name] else None)
-        for name in extractors
-    }
-    return out, (torch.cat(labels) if labels else None)
+    out = {name: FeatureSet(feats[name].tensor(), logits[name].tensor()) for name in extractors}
+    return out, labels.tensor()

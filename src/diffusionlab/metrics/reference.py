@@ -4,7 +4,9 @@ The cache file is ``cache_dir/reference/<dataset>-<split>-<extractor>-n<n>-<key>
 (not only mean and covariance: KID and precision/recall need them), the logits if any, the labels and the
 metadata the key was made from. The key is a sha256 over: the sha256 of the selected images and labels (data
 identity: dataset, split, subset), the preprocessing description, the extractor's name and weights checksum,
-n, and the subset seed / offset. Files are written atomically, so a crash never leaves a half-written entry.
+n, and the subset seed / offset. Files are written atomically with a ``.sha256`` sidecar and checked before
+use: a damaged entry is recomputed with a warning, and concurrent processes compute an entry once
+(:func:`~diffusionlab.utils.cache_files.ensure_cached_file`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import Tensor
 from diffusionlab.metrics.cache import resolve_cache_dir, sha256_json, sha256_tensors
 from diffusionlab.metrics.datasets import load_split, parse_split
 from diffusionlab.metrics.features import FeatureExtractor, FeatureSet, extract_features
-from diffusionlab.utils.io import atomic_path
+from diffusionlab.utils.cache_files import ensure_cached_file
 
 CACHE_FORMAT = 1
 
@@ -100,16 +102,24 @@ def reference_features(
         "extractor": info,
         "key": key,
     }
-    if use_cache and path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        return Reference(FeatureSet(blob["features"], blob["logits"]), blob["labels"], blob["meta"], path, True)
     batches = ((images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, n, batch_size))
-    sets, _ = extract_features(
-        batches, {"ref": extractor}, total=n, progress=progress, desc=f"reference {split} ({extractor.name})"
-    )
-    feats = sets["ref"]
-    if use_cache:
-        blob = {"features": feats.features, "logits": feats.logits, "labels": labels, "meta": meta}
-        with atomic_path(path) as tmp:
-            torch.save(blob, tmp)
-    return Reference(feats, labels, meta, path if use_cache else None, False)
+
+    def compute() -> FeatureSet:
+        sets, _ = extract_features(
+            batches, {"ref": extractor}, total=n, progress=progress, desc=f"reference {split} ({extractor.name})"
+        )
+        return sets["ref"]
+
+    if not use_cache:
+        return Reference(compute(), labels, meta, None, False)
+    built: list[FeatureSet] = []
+
+    def write(tmp: Path) -> None:
+        built.append(compute())
+        blob = {"features": built[0].features, "logits": built[0].logits, "labels": labels, "meta": meta}
+        torch.save(blob, tmp)
+
+    if ensure_cached_file(path, write, "reference features"):
+        return Reference(built[0], labels, meta, path, False)
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return Reference(FeatureSet(blob["features"], blob["logits"]), blob["labels"], blob["meta"], path, True)
