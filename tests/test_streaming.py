@@ -12,7 +12,7 @@ from diffusionlab.cli.runs import load_run
 from diffusionlab.cli.sample import sample
 from diffusionlab.metrics.classifier import ClassifierFeatures, DomainClassifier
 from diffusionlab.metrics.features import RowBuffer, extract_features
-from diffusionlab.pipelines import generate
+from diffusionlab.pipelines import default_sampler_opts, generate
 from diffusionlab.utils.images import to_uint8
 from tests.helpers import compose_cfg
 
@@ -22,8 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_sample_streams_batches_to_disk_and_grids_the_first_grid_max(trained_run, tmp_path):
     cfg = compose_cfg(
         "sample.yaml",
-        [f"ckpt={trained_run}", "n=10", "batch_size=4", "grid_max=6", "nrow=3", "steps=2", "seed=3",
-         "save_individual=true", "gif=true", "gif_frames=2"],
+        [f"ckpt={trained_run}", "n=10", "batch_size=4", "grid_max=6", "nrow=3", "steps=4", "seed=3",
+         "save_individual=true", "gif=true", "gif_frames=4"],
         tmp_path,
     )  # fmt: skip
     grid = np.asarray(Image.open(sample(cfg)))
@@ -33,8 +33,8 @@ def test_sample_streams_batches_to_disk_and_grids_the_first_grid_max(trained_run
     run = load_run(trained_run)
     labels = torch.arange(10) % 10
     for i, start in enumerate(range(0, 10, 4)):
-        images, _ = generate(run.net, run.diffusion, run.sample_shape, labels=labels[start : start + 4], steps=2,
-                             seed=3 + i, progress=False)  # fmt: skip
+        images, _ = generate(run.net, run.diffusion, run.sample_shape, labels=labels[start : start + 4], steps=4,
+                             seed=3 + i, sampler_opts=default_sampler_opts(latent=False), progress=False)  # fmt: skip
         for j, img in enumerate(to_uint8(images)):
             assert np.array_equal(np.asarray(Image.open(singles[start + j])), img[0].numpy())
     # the grid holds 6 images, 3 per row (2 rows), upscaled 2x: (2 + 2 * 30) x (2 + 3 * 30) pixels

@@ -82,22 +82,15 @@ def test_resume_continues_at_saved_step_in_the_same_run(data_dir, tmp_path):
     assert (run / "csv" / "version_0" / "metrics.csv").is_file()
 
 
-def test_wandb_logger_runs_offline_and_a_resume_keeps_the_run_id(data_dir, tmp_path, monkeypatch):
+def test_wandb_logger_runs_offline(data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    run = tmp_path / "run"
-    cfg = compose_cfg("train.yaml", train_overrides(data_dir, "trainer.max_steps=2", "logger=wandb"), run)
+    cfg = compose_cfg("train.yaml", train_overrides(data_dir, "trainer.max_steps=2", "logger=wandb"), tmp_path)
     assert cfg.logger.wandb.offline is True
     train(cfg)
-    runs = list((run / "wandb").glob("offline-run-*"))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert runs, "W&B offline run folder missing"
-    run_id = (run / "checkpoints" / "wandb_id.txt").read_text().strip()
-    assert runs[0].name.endswith(run_id)
-    resume = ["trainer.max_steps=3", "trainer.max_epochs=2", "logger=wandb", f"ckpt_path={run}"]
-    overrides = train_overrides(data_dir, *resume)
-    train(compose_cfg("train.yaml", overrides, tmp_path / "unused"))
-    runs = sorted((run / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs), [r.name for r in runs]
+    assert (tmp_path / "checkpoints" / "wandb_id.txt").read_text().strip() in runs[0].name
 
 
 def test_small_model_learns_on_mnist(data_dir, tmp_path):
