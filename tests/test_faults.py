@@ -49,6 +49,19 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(data_dir, tmp_p
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
 
 
+def _resume_test_overrides(data_dir) -> list[str]:
+    """A 14-step deterministic run of 6 batches per epoch (it crosses epoch boundaries), checkpoint every 2."""
+    return train_overrides(
+        data_dir,
+        "trainer.max_steps=14",
+        "trainer.max_epochs=5",
+        "data.train_subset=192",  # 6 batches of 32 per epoch
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+        "trainer.limit_val_batches=1",
+        "trainer.deterministic=true",
+    )
+
+
 def _weights(run) -> dict[str, torch.Tensor]:
     return load_torch_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
 
@@ -90,15 +103,7 @@ def test_sigkill_at_five_moments_then_resume_equals_uninterrupted_run(data_dir, 
     :func:`faults.fault_point`, and ``DIFFUSIONLAB_FAULT_AT`` makes it SIGKILL itself there), resuming with
     ``ckpt_path=last`` after each kill. After every kill each checkpoint on disk loads; at the end the weights
     (network and EMA) equal the uninterrupted run's, no temporary file is left and the run kept one folder."""
-    overrides = train_overrides(
-        data_dir,
-        "trainer.max_steps=14",
-        "trainer.max_epochs=5",
-        "data.train_subset=192",  # 6 batches of 32 per epoch: the run crosses epoch boundaries
-        "callbacks.last_checkpoint.every_n_train_steps=2",
-        "trainer.limit_val_batches=1",
-        "trainer.deterministic=true",
-    )
+    overrides = _resume_test_overrides(data_dir)
     timeline: list[tuple[str, int]] = []
     with monkeypatch.context() as m:
         m.setattr(faults, "fault_point", lambda event, step: timeline.append((event, int(step))))
@@ -142,22 +147,9 @@ def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
     """Kill a real training process at an arbitrary moment, resume it, and end with the same weights
     (network and EMA) as a run that was never interrupted: optimizer, EMA, LR schedule, RNG and the
     data order (mid-epoch) are all restored."""
-    import signal
-    import subprocess
-    import sys
     import time
 
-    from tests.helpers import ROOT
-
-    overrides = train_overrides(
-        data_dir,
-        "trainer.max_steps=14",
-        "trainer.max_epochs=5",
-        "data.train_subset=192",  # 6 batches of 32 per epoch: the run crosses epoch boundaries
-        "callbacks.last_checkpoint.every_n_train_steps=2",
-        "trainer.limit_val_batches=1",
-        "trainer.deterministic=true",
-    )
+    overrides = _resume_test_overrides(data_dir)
     straight = tmp_path / "straight"
     train(compose_cfg("train.yaml", overrides, straight))
 
