@@ -24,7 +24,7 @@ def test_training_sampler_resumes_mid_epoch_and_reshuffles_next_epoch():
     full = list(ResumableSampler(12, seed=1))
     s = ResumableSampler(12, seed=1)
     s.resume_at(epoch=0, skip=5)
-    assert list(s) == full[5:] and len(s) == 7
+    assert list(s) == full[5:] and len(s) == 12  # the epoch's length: Lightning counts the consumed batches
     s.set_epoch(1)
     assert len(list(s)) == 12 and list(s) != full
 
@@ -49,3 +49,4 @@ def test_eval_batches_shrink_so_every_rank_gets_one_and_refuse_too_few_items():
     assert EvalBatchSampler(5, 8, 0, 1).batch_size == 8  # one process keeps its batch size
     with pytest.raises(ValueError, match="3 ranks"):
         EvalBatchSampler(2, 4, 0, 3)
+

@@ -91,12 +91,6 @@ def _assert_every_file_loadable(run) -> None:
     load_ema_state(run / "checkpoints")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug (2026-12-02): after the 5 kills [('checkpoint_save', 4), ('train_step', 7), ('train_step', 8), "
-    "('validation', 12), ('sample_grid', 14)] and resumes the weights differ from the uninterrupted run by "
-    "2.1e-4; a single kill and resume is exact (test_sigkill_then_resume_equals_uninterrupted_run)",
-)
 def test_sigkill_at_five_moments_then_resume_equals_uninterrupted_run(data_dir, tmp_path, monkeypatch):
     """Kill a real training process at 5 moments drawn by a seeded RNG from an uninterrupted run's timeline
     (a training step, a validation batch, a checkpoint write and a sample grid among them: the code calls
@@ -178,3 +172,32 @@ def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
     assert resumed.keys() == reference.keys()
     worst = max((resumed[k].float() - reference[k].float()).abs().max().item() for k in reference)
     assert worst < 1e-6, f"resumed run differs from the uninterrupted one by {worst} (resumed from step {saved_step})"
+
+
+def test_sigkill_then_resume_keeps_the_wandb_run_id(data_dir, tmp_path, monkeypatch):
+    """A W&B (offline) run killed mid-training and resumed with ``ckpt_path`` continues the same W&B run: the
+    resumed session's offline run folder carries the id the first session wrote beside the checkpoints."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    overrides = train_overrides(
+        data_dir, "trainer.max_steps=4", "callbacks.last_checkpoint.every_n_train_steps=2", "logger=wandb"
+    )
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run}", f"paths.log_dir={tmp_path}"],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", faults.FAULT_ENV: "train_step:3"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    run_id = (run / "checkpoints" / "wandb_id.txt").read_text().strip()
+    assert load_torch_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 2
+
+    train(compose_cfg("train.yaml", [*overrides, f"ckpt_path={run}/checkpoints/last.ckpt"], tmp_path / "unused"))
+    assert load_torch_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 4
+    assert (run / "checkpoints" / "wandb_id.txt").read_text().strip() == run_id
+    folders = sorted((run / "wandb").glob("offline-run-*"))
+    assert folders and all(f.name.endswith(f"-{run_id}") for f in folders), (run_id, [f.name for f in folders])
+    assert any(f.suffix == ".wandb" for f in folders[-1].iterdir())  # the resumed session logged into it

@@ -82,15 +82,20 @@ def test_resume_continues_at_saved_step_in_the_same_run(data_dir, tmp_path):
     assert (run / "csv" / "version_0" / "metrics.csv").is_file()
 
 
-def test_wandb_logger_runs_offline(data_dir, tmp_path, monkeypatch):
+def test_wandb_logger_runs_offline_one_run_per_job(data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = compose_cfg("train.yaml", train_overrides(data_dir, "trainer.max_steps=2", "logger=wandb"), tmp_path)
     assert cfg.logger.wandb.offline is True
-    train(cfg)
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert runs, "W&B offline run folder missing"
-    assert (tmp_path / "checkpoints" / "wandb_id.txt").read_text().strip() in runs[0].name
+    ids = []
+    for job in ("0", "1"):  # two jobs in one process, as a multirun's basic launcher runs them
+        out = tmp_path / job
+        train(compose_cfg("train.yaml", train_overrides(data_dir, "trainer.max_steps=2", "logger=wandb"), out))
+        runs = list((out / "wandb").glob("offline-run-*"))
+        assert runs, f"W&B offline run folder missing in job {job}"
+        ids.append((out / "checkpoints" / "wandb_id.txt").read_text().strip())
+        assert ids[-1] in runs[0].name
+    assert ids[0] != ids[1], "the second job logged into the first job's W&B run"
 
 
 def test_small_model_learns_on_mnist(data_dir, tmp_path):

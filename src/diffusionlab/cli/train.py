@@ -59,6 +59,15 @@ def _remember_wandb_id(loggers: list, ckpt_dir: Path) -> None:
             atomic_write_text(ckpt_dir / WANDB_ID_FILENAME, str(lg.experiment.id))
 
 
+@rank_zero_only
+def _finish_wandb_runs(loggers: list) -> None:
+    """Close this session's W&B run: the next job of a multirun in this process (Hydra's basic launcher runs
+    them one after another) would otherwise log into it instead of starting its own."""
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger" and lg._experiment is not None:
+            lg.experiment.finish()
+
+
 class SaveRunConfig(L.Callback):
     """Write the session's config beside the checkpoints when training starts, i.e. after a resumed checkpoint
     has loaded: a resume that fails to load (weights of another shape) leaves ``config.yaml`` describing the
@@ -115,12 +124,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if resume_from:
         log.info("resuming from %s", resume_from)
 
-    with warnings.catch_warnings():
-        # the EMA copy and a frozen autoencoder stay in eval mode on purpose
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    if cfg.get("test_after_fit"):  # e.g. the autoencoder's reconstruction metrics on the test split
-        trainer.test(module, datamodule=datamodule)
+    try:
+        with warnings.catch_warnings():
+            # the EMA copy and a frozen autoencoder stay in eval mode on purpose
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+            # our training sampler does resume mid-epoch (data/samplers.py: ResumableSampler), Lightning cannot tell
+            warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        if cfg.get("test_after_fit"):  # e.g. the autoencoder's reconstruction metrics on the test split
+            trainer.test(module, datamodule=datamodule)
+    finally:
+        _finish_wandb_runs(loggers)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     log.info("done: global step %d, run folder %s", trainer.global_step, out_dir)
     return metrics

@@ -41,8 +41,9 @@ class ResumableSampler(Sampler[int]):
         return iter(share.tolist())
 
     def __len__(self) -> int:
-        full = self.n // self.world_size
-        return max(0, full - self.skip) if self.epoch == self.skip_epoch else full
+        """The whole epoch's share, also in the resumed epoch: Lightning counts the batches consumed before the
+        checkpoint itself (a shorter length would end the resumed epoch early)."""
+        return self.n // self.world_size
 
 
 class EpochTaggedSampler(Sampler[tuple[int, int]]):

@@ -13,6 +13,7 @@ from torchmetrics.aggregation import MeanMetric
 from diffusionlab.data.samplers import global_batch_index
 from diffusionlab.diffusion.gaussian import GaussianDiffusion, NonFiniteLossError
 from diffusionlab.lit.ema import EMA
+from diffusionlab.lit.lr_schedules import warmup_cosine
 from diffusionlab.pipelines import PRECISIONS, default_sampler_opts, generate
 from diffusionlab.utils import faults
 from diffusionlab.utils.checkpoints import check_state_dict_shapes
@@ -168,10 +169,16 @@ class DiffusionModule(LightningModule):
         optimizer = self.optimizer_factory(params=self.net.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        try:
-            scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches)
-        except TypeError:
-            scheduler = self.scheduler_factory(optimizer=optimizer)
+        factory, trainer = self.scheduler_factory, self.trainer
+        if getattr(factory, "func", factory) is warmup_cosine:
+            # the total is asked for at the first decay step: estimating it here would build the training loader
+            # before a resumed checkpoint has restored the position in the epoch (it would restart the epoch)
+            scheduler = factory(optimizer=optimizer, total_steps=lambda: trainer.estimated_stepping_batches)
+        else:
+            try:
+                scheduler = factory(optimizer=optimizer, total_steps=trainer.estimated_stepping_batches)
+            except TypeError:
+                scheduler = factory(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ resume: RNG state travels too
