@@ -33,7 +33,7 @@ classifier: data  ## train and cache the MNIST and Fashion-MNIST domain classifi
 
 bench:  ## speed and memory against peers measured in the same run (ratios); not part of the tests
 	$(PY) benchmarks/bench_unet.py --quick
-	$(PY) benchmarks/bench_sampling.py
+	$(PY) benchmarks/bench_sampling.py --bf16 --channels-last
 	$(PY) benchmarks/bench_metrics.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_latent.py

@@ -123,6 +123,8 @@ def test_bf16_mixed_tracks_float32(data_dir, tmp_path):
             "module.channels_last=true",
             "module.optimizer.lr=2e-3",
             "module.scheduler.warmup_steps=0",
+            "trainer.limit_val_batches=0",  # the training-loss curves are the test: no validation, no grids
+            "callbacks.sample_grid.every_n_epochs=0",
             "+callbacks.loss_log._target_=tests.loss_recorder.GlobalLossRecorder",
             f"+callbacks.loss_log.path={path}",
         )
