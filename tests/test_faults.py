@@ -201,3 +201,20 @@ def test_sigkill_then_resume_keeps_the_wandb_run_id(data_dir, tmp_path, monkeypa
     folders = sorted((run / "wandb").glob("offline-run-*"))
     assert folders and all(f.name.endswith(f"-{run_id}") for f in folders), (run_id, [f.name for f in folders])
     assert any(f.suffix == ".wandb" for f in folders[-1].iterdir())  # the resumed session logged into it
+
+
+def test_last_checkpoint_holds_the_final_step_and_resuming_it_continues_exactly(data_dir, tmp_path):
+    """A run that stops between two checkpoint intervals (max_steps 5, every 4 steps) still leaves its final
+    step in last.ckpt; resuming it to 8 steps gives the weights of a straight 8-step run."""
+    every = "callbacks.last_checkpoint.every_n_train_steps=4"
+    straight = tmp_path / "straight"
+    train(compose_cfg("train.yaml", train_overrides(data_dir, "trainer.max_steps=8", every), straight))
+    short = tmp_path / "short"
+    train(compose_cfg("train.yaml", train_overrides(data_dir, "trainer.max_steps=5", every), short))
+    assert load_torch_checkpoint(short / "checkpoints" / "last.ckpt")["global_step"] == 5
+    resumed = [f"ckpt_path={short}/checkpoints/last.ckpt", "trainer.max_steps=8", every]
+    train(compose_cfg("train.yaml", train_overrides(data_dir, *resumed), tmp_path / "unused"))
+    assert load_torch_checkpoint(short / "checkpoints" / "last.ckpt")["global_step"] == 8
+    a, b = _weights(short), _weights(straight)
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in b)
+    assert worst < 1e-6, f"resuming the final checkpoint differs from a straight run by {worst}"
