@@ -49,4 +49,3 @@ def test_eval_batches_shrink_so_every_rank_gets_one_and_refuse_too_few_items():
     assert EvalBatchSampler(5, 8, 0, 1).batch_size == 8  # one process keeps its batch size
     with pytest.raises(ValueError, match="3 ranks"):
         EvalBatchSampler(2, 4, 0, 3)
-
