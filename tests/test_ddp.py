@@ -78,7 +78,7 @@ def _val_scores(state: dict) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
-    one, one_state, _ = _train(tmp_path, "one", data_dir, "data.batch_size=16")
+    one, one_state, one_run = _train(tmp_path, "one", data_dir, "data.batch_size=16")
     two, two_state, run = _train(tmp_path, "two", data_dir, "data.batch_size=8", "trainer=ddp_cpu")
     print("losses 1 process:", one, "\nlosses 2 processes:", two)
     assert len(one) == len(two) == 4
@@ -96,7 +96,12 @@ def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
     assert max(diffs) < 1e-4
     assert (run / "checkpoints" / "ema.safetensors").is_file()
     # validation is dealt out by whole batches with the single-process noise seeds: the same val losses
-    val_one, val_two = _val_scores(one_state), _val_scores(two_state)
+    # (from best.ckpt, written at validation end: last.ckpt is written after the final batch, before it)
+    one_best, two_best = (
+        torch.load(p, map_location="cpu", weights_only=True)
+        for p in (one_run / "checkpoints" / "best.ckpt", run / "checkpoints" / "best.ckpt")
+    )
+    val_one, val_two = _val_scores(one_best), _val_scores(two_best)
     print("val/loss_ema 1 process:", val_one, "2 processes:", val_two)
     assert val_one and val_one.keys() == val_two.keys()
     for k in val_one:
