@@ -50,21 +50,25 @@ def _continue_wandb_run(cfg: DictConfig, resume_from: str | None, ckpt_dir: Path
             cfg.logger.wandb.id = id_file.read_text().strip()
 
 
+def _wandb_loggers(loggers: list) -> list:
+    """The W&B loggers among ``loggers`` (by class name: wandb stays an optional import)."""
+    return [lg for lg in loggers if type(lg).__name__ == "WandbLogger"]
+
+
 @rank_zero_only
 def _remember_wandb_id(loggers: list, ckpt_dir: Path) -> None:
     from diffusionlab.utils.io import atomic_write_text
 
-    for lg in loggers:
-        if type(lg).__name__ == "WandbLogger":
-            atomic_write_text(ckpt_dir / WANDB_ID_FILENAME, str(lg.experiment.id))
+    for lg in _wandb_loggers(loggers):
+        atomic_write_text(ckpt_dir / WANDB_ID_FILENAME, str(lg.experiment.id))
 
 
 @rank_zero_only
 def _finish_wandb_runs(loggers: list) -> None:
     """Close this session's W&B run: the next job of a multirun in this process (Hydra's basic launcher runs
     them one after another) would otherwise log into it instead of starting its own."""
-    for lg in loggers:
-        if type(lg).__name__ == "WandbLogger" and lg._experiment is not None:
+    for lg in _wandb_loggers(loggers):
+        if lg._experiment is not None:
             lg.experiment.finish()
 
 
