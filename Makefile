@@ -48,7 +48,7 @@ bench-sd:  ## full-size Stable Diffusion UNet step, ours vs diffusers (slow: min
 CS_EVAL ?= num_samples=500 steps=50 'sweep.steps=[10,20,50,100]'
 INCEPTION_WEIGHTS ?= $(or $(DIFFUSIONLAB_INCEPTION_WEIGHTS),$(wildcard $(dir $(SHARED))weights/inception-2015-12-05-pool3.torchscript.pt))
 .PHONY: compare-schedules
-compare-schedules: data  ## linear vs cosine on MNIST, 2 seeds: 4 runs of 2000 steps (~75 min on 2 idle CPU cores, estimated), then report.md + PNGs
+compare-schedules: data  ## linear vs cosine on MNIST, 3 seeds: 6 runs of 2000 steps (~2 h on 2 idle CPU cores, estimated), then report.md (with the verdict per step count) + PNGs
 	@set -e; dir="$(CS_DIR)"; [ -n "$$dir" ] || dir=logs/compare_schedules/multiruns/$$(date +%Y-%m-%d_%H-%M-%S); \
 	if [ -n "$(INCEPTION_WEIGHTS)" ]; then export DIFFUSIONLAB_INCEPTION_WEIGHTS="$(INCEPTION_WEIGHTS)"; fi; \
 	$(PY) -m diffusionlab.metrics.classifier --dataset mnist --data-dir $(DATA_DIR) --cache-dir "$${DIFFUSIONLAB_CACHE_DIR:-cache}"; \

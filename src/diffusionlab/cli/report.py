@@ -1,5 +1,6 @@
 """Report of a multirun (e.g. ``make compare-schedules``): every run evaluated the same way, a markdown table
-with mean ± std over seeds per group, and PNG plots.
+with mean ± std over seeds per group, which group wins at each sampling step count against the seed spread
+(:mod:`.verdict`), and PNG plots.
 
     python -m diffusionlab.cli.report <multirun folder> [--group-by diffusion.schedule] [evaluate.yaml overrides]
 
@@ -25,6 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from diffusionlab.cli.runs import CONFIG_FILENAME, load_run_config
+from diffusionlab.cli.verdict import RULE, Verdict, compare, mean_pm, summary_sentence
 from diffusionlab.lit.callbacks import EMA_FILENAME
 from diffusionlab.lit.eval_callback import HISTORY_FILENAME, read_history
 from diffusionlab.utils.io import atomic_path, atomic_write_json, atomic_write_text, check_writable_dir
@@ -313,7 +315,15 @@ def _budget(cfg: DictConfig) -> str:
     )
 
 
-def markdown(runs: list[dict], groups: list[str], group_by: str, steps: int, floor: dict | None, plots: dict) -> str:
+def markdown(
+    runs: list[dict],
+    groups: list[str],
+    group_by: str,
+    steps: int,
+    floor: dict | None,
+    plots: dict,
+    verdicts: list[Verdict] = (),
+) -> str:
     row0 = main_row(runs[0]["rows"], steps)
     p = row0["protocol"]
     n = row0["num_samples"]
@@ -357,6 +367,7 @@ def markdown(runs: list[dict], groups: list[str], group_by: str, steps: int, flo
         members = [r for r in runs if r["group"] == g]
         cells = [fmt([main_row(r["rows"], s)["fid"] for r in members]) for s in all_steps]
         lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    lines += verdict_lines(verdicts, group_by)
     lines += [
         "",
         "## Runs",
@@ -377,6 +388,41 @@ def markdown(runs: list[dict], groups: list[str], group_by: str, steps: int, flo
     for title, name in plots.items():
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
     return "\n".join(lines)
+
+
+def step_verdicts(runs: list[dict], groups: list[str], all_steps: list[int]) -> list[Verdict]:
+    """FID winner at each sampling step count (best vs runner-up against the seed spread); [] for one group."""
+    if len(groups) < 2:
+        return []
+    return [
+        compare({g: [main_row(r["rows"], s)["fid"] for r in runs if r["group"] == g] for g in groups}, s)
+        for s in all_steps
+    ]
+
+
+def verdict_lines(verdicts: list[Verdict], group_by: str) -> list[str]:
+    """The report's verdict section: a table, a sentence per step count, one summary line."""
+    if not verdicts:
+        return []
+    lines = [
+        "",
+        f"## Which {group_by} wins (FID, lower is better)",
+        "",
+        f"A group wins at a step count when {RULE}.",
+        "",
+        "| steps | lowest FID | runner-up | difference | seed spread | beats the spread |",
+        "| ---: | --- | --- | ---: | ---: | --- |",
+    ]
+    for v in verdicts:
+        spread = "n/a" if v.spread is None else f"{v.spread:.2f}"
+        beats = {None: "n/a (1 run)", True: "yes", False: "no"}[v.decided]
+        lines.append(
+            f"| {v.steps} | {v.best} {mean_pm(v.best_mean, v.best_std)} "
+            f"| {v.runner_up} {mean_pm(v.runner_up_mean, v.runner_up_std)} | {v.difference:.2f} "
+            f"| {spread} | {beats} |"
+        )
+    lines += ["", *[f"- {v.sentence()}" for v in verdicts], "", f"**{summary_sentence(verdicts)}**"]
+    return lines
 
 
 SUMMARY_KEYS = ("fid", "kid_mean", "class_accuracy")
@@ -435,7 +481,8 @@ def make_report(
     plot_schedules(runs, groups, out / "schedules.png", base.data_dir, base.cache_dir)
     plots["Noise schedules: alpha_bar(t) and a noised test digit"] = "schedules.png"
 
-    text = markdown(runs, groups, group_by, steps, floor_metrics, plots)
+    verdicts = step_verdicts(runs, groups, sorted({row["steps"] for r in runs for row in r["rows"]}))
+    text = markdown(runs, groups, group_by, steps, floor_metrics, plots, verdicts)
     atomic_write_text(out / "report.md", text)
     summary = {
         "folder": str(folder),
@@ -445,6 +492,7 @@ def make_report(
         "groups": {g: group_summary([r for r in runs if r["group"] == g], steps) for g in groups},
         "runs": [run_summary(r) for r in runs],
         "floor": None if floor_metrics is None else {k: floor_metrics.get(k) for k in SUMMARY_KEYS},
+        "verdicts": [v.as_dict() for v in verdicts],
     }
     atomic_write_json(out / "report.json", summary)
     print(text)
