@@ -18,7 +18,6 @@ import argparse
 import csv
 import json
 import logging
-import statistics
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from diffusionlab.cli.runs import CONFIG_FILENAME, load_run_config
-from diffusionlab.cli.verdict import RULE, Verdict, compare, mean_pm, summary_sentence
+from diffusionlab.cli.verdict import RULE, Verdict, compare, mean_pm, mean_std, summary_sentence
 from diffusionlab.lit.callbacks import EMA_FILENAME
 from diffusionlab.lit.eval_callback import HISTORY_FILENAME, read_history
 from diffusionlab.utils.io import atomic_path, atomic_write_json, atomic_write_text, check_writable_dir
@@ -167,19 +166,15 @@ def evaluate_floor(dataset: str, overrides: list[str], out: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-def mean_std(values: list) -> tuple[float | None, float | None]:
-    vals = [float(v) for v in values if v is not None]
-    if not vals:
-        return None, None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
-
-
 def fmt(values: list, digits: int = 2, scale: float = 1.0) -> str:
     """``mean ± std`` (sample std over runs), ``mean`` for one run, ``n/a`` for none."""
     m, s = mean_std([None if v is None else v * scale for v in values])
-    if m is None:
-        return "n/a"
-    return f"{m:.{digits}f}" if s is None else f"{m:.{digits}f} ± {s:.{digits}f}"
+    return "n/a" if m is None else mean_pm(m, s, digits)
+
+
+def sampling_steps(runs: list[dict]) -> list[int]:
+    """Every sampling step count any run was evaluated at, ascending."""
+    return sorted({row["steps"] for r in runs for row in r["rows"]})
 
 
 def main_row(rows: list[dict], steps: int) -> dict:
@@ -355,7 +350,7 @@ def markdown(
             + (f", class accuracy {floor['class_accuracy']:.3f}" if floor.get("class_accuracy") is not None else "")
             + ".",
         ]
-    all_steps = sorted({row["steps"] for r in runs for row in r["rows"]})
+    all_steps = sampling_steps(runs)
     lines += [
         "",
         f"## FID against sampling steps ({p['sampler']}, n={n}; mean ± std over runs)",
@@ -481,7 +476,7 @@ def make_report(
     plot_schedules(runs, groups, out / "schedules.png", base.data_dir, base.cache_dir)
     plots["Noise schedules: alpha_bar(t) and a noised test digit"] = "schedules.png"
 
-    verdicts = step_verdicts(runs, groups, sorted({row["steps"] for r in runs for row in r["rows"]}))
+    verdicts = step_verdicts(runs, groups, sampling_steps(runs))
     text = markdown(runs, groups, group_by, steps, floor_metrics, plots, verdicts)
     atomic_write_text(out / "report.md", text)
     summary = {

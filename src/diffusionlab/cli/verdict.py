@@ -54,18 +54,23 @@ class Verdict:
         return {**asdict(self), "sentence": self.sentence()}
 
 
-def mean_pm(mean: float, std: float | None) -> str:
+def mean_std(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample std of the non-None ``values``; std None for one value, both None for none."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
+def mean_pm(mean: float, std: float | None, digits: int = 2) -> str:
     """``12.34 ± 0.56``, or ``12.34`` without a std."""
-    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def compare(values: dict[str, list[float]], steps: int, metric: str = "FID", lower_is_better: bool = True) -> Verdict:
     """``values``: group -> the metric of each of its runs (at least two groups, each with a value)."""
-    stats = {}
-    for group, vals in values.items():
-        vals = [float(v) for v in vals if v is not None]
-        if vals:
-            stats[group] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None)
+    stats = {g: mean_std(vals) for g, vals in values.items()}
+    stats = {g: ms for g, ms in stats.items() if ms[0] is not None}
     if len(stats) < 2:
         raise ValueError(f"a verdict needs at least two groups with a {metric} value, got {sorted(stats)}")
     order = sorted(stats, key=lambda g: stats[g][0], reverse=not lower_is_better)
