@@ -172,3 +172,18 @@ def test_ddp_split_and_gather_equals_one_process(data_dir, cache_dir, tmp_path):
     assert ddp["num_samples"] == single["num_samples"] == 40 and ddp["protocol"]["world_size"] == 2
     for key in ("fid", "kid_mean", "kid_std", "precision", "recall", "class_accuracy", "domain_fid"):
         assert np.isclose(ddp[key], single[key], rtol=1e-4, atol=1e-6), (key, ddp[key], single[key])
+
+
+def test_noise_std_selects_the_same_images_and_raises_fid(data_dir, cache_dir):
+    """compare_datasets(noise_std=s): a's reference subset plus seeded noise; s -> 0 gives the noiseless floor."""
+    ev = _cheap_evaluator(data_dir, cache_dir, classifier=False)
+    clean = compare_datasets("mnist:test", "mnist:train", 200, evaluator=ev)
+    tiny = compare_datasets("mnist:test", "mnist:train", 200, noise_std=1e-6, evaluator=ev)
+    assert tiny["fid"] == pytest.approx(clean["fid"], rel=1e-9)  # quantised to the same uint8 images
+    fids = [compare_datasets("mnist:test", "mnist:train", 200, noise_std=s, evaluator=ev)["fid"] for s in (0.1, 0.3)]
+    assert clean["fid"] < fids[0] < fids[1]  # visible noise for a random-weight CNN (Inception: see README)
+    again = compare_datasets("mnist:test", "mnist:train", 200, noise_std=0.1, evaluator=ev)
+    assert again["fid"] == fids[0] and again["protocol"]["noise"] == {"std": 0.1, "seed": 0}
+    assert "noise" not in clean["protocol"]
+    with pytest.raises(ValueError, match="noise_std must be >= 0"):
+        compare_datasets("mnist:test", "mnist:train", 200, noise_std=-0.1, evaluator=ev)

@@ -27,7 +27,7 @@ from diffusionlab.metrics import distributed, scores
 from diffusionlab.metrics.classifier import CLASSIFIER_DATASETS, load_classifier_extractor
 from diffusionlab.metrics.datasets import load_split, parse_split
 from diffusionlab.metrics.features import FeatureExtractor, FeatureSet, extract_features, load_inception
-from diffusionlab.metrics.reference import Reference, reference_features
+from diffusionlab.metrics.reference import Reference, reference_features, select_subset
 
 _CLASSIFIER_CHOICES = ("auto", True, False)
 
@@ -258,28 +258,57 @@ def evaluate_samples(
     return ev.evaluate(samples, num_samples=num_samples, reference_n=reference_n, protocol=protocol)
 
 
-def compare_datasets(a: str, b: str, n: int, **evaluator_kw) -> dict:
+def compare_datasets(a: str, b: str, n: int, noise_std: float = 0.0, noise_seed: int = 0, **evaluator_kw) -> dict:
     """Metrics of ``n`` real images of split ``a`` against ``n`` of split ``b``: the floor for a model at n.
 
     With ``a == b`` the two subsets are disjoint (b starts where a ends). The images of ``a`` carry their
-    labels, so ``class_accuracy`` is the classifier's accuracy on them.
+    labels, so ``class_accuracy`` is the classifier's accuracy on them. ``noise_std > 0`` adds Gaussian noise
+    of that std (data space [-1, 1], seeded by ``noise_seed``; then clamped and quantised to uint8 like
+    samples) to a's images before their features are taken: what a residual noise no eye sees costs in FID.
     """
+    if not noise_std >= 0:
+        raise ValueError(f"noise_std must be >= 0 (a standard deviation in data space [-1, 1]), got {noise_std}")
     ev = evaluator_kw.pop("evaluator", None) or Evaluator(b, **evaluator_kw)
     dataset_a, split_a = parse_split(a)
     offset = n if (dataset_a, split_a) == (ev.dataset, ev.split) else 0
-    sets, labels = {}, None
-    for name, ext in ev.extractors.items():
-        ref = reference_features(
-            f"{dataset_a}:{split_a}",
-            ext,
-            n,
-            data_dir=ev.data_dir,
-            cache_dir=ev.cache_dir,
-            seed=ev.reference_seed,
-            batch_size=ev.batch_size,
-            progress=ev.progress,
-        )
-        sets[name], labels = ref.features, ref.labels
+    protocol = {"mode": "data", "a": a, "b": b}
+    if noise_std > 0:
+        protocol["noise"] = {"std": noise_std, "seed": noise_seed}
+        sets, labels = _noisy_split_features(dataset_a, split_a, n, noise_std, noise_seed, ev)
+    else:
+        sets, labels = {}, None
+        for name, ext in ev.extractors.items():
+            ref = reference_features(
+                f"{dataset_a}:{split_a}",
+                ext,
+                n,
+                data_dir=ev.data_dir,
+                cache_dir=ev.cache_dir,
+                seed=ev.reference_seed,
+                batch_size=ev.batch_size,
+                progress=ev.progress,
+            )
+            sets[name], labels = ref.features, ref.labels
     if dataset_a != ev.dataset:  # b's classifier cannot judge a's labels
         labels = None
-    return ev.score(sets, labels, reference_n=n, reference_offset=offset, protocol={"mode": "data", "a": a, "b": b})
+    return ev.score(sets, labels, reference_n=n, reference_offset=offset, protocol=protocol)
+
+
+def _noisy_split_features(
+    dataset: str, split: str, n: int, std: float, seed: int, ev: Evaluator
+) -> tuple[dict[str, FeatureSet], Tensor]:
+    """Features of the same ``n`` images :func:`reference_features` selects, with noise ``std`` added."""
+    images, labels = load_split(dataset, split, ev.data_dir, ev.cache_dir)
+    idx = select_subset(len(images), n, ev.reference_seed)
+    images, labels = images[idx], labels[idx]
+    gen = torch.Generator().manual_seed(seed)
+
+    def batches():
+        for i in range(0, n, ev.batch_size):
+            x = images[i : i + ev.batch_size].float() / 127.5 - 1  # uint8 -> [-1, 1]
+            yield (x + std * torch.randn(x.shape, generator=gen)).clamp(-1, 1), labels[i : i + ev.batch_size]
+
+    sets, _ = extract_features(
+        batches(), ev.extractors, total=n, progress=ev.progress, desc=f"{dataset}:{split} + noise"
+    )
+    return sets, labels
