@@ -152,9 +152,13 @@ def evaluate(cfg: DictConfig) -> dict:
         from diffusionlab.metrics import compare_datasets
 
         out_dir = check_writable_dir(cfg.out_dir or cfg.paths.output_dir)
-        noise = float(cfg.get("noise_std") or 0.0)
         metrics = compare_datasets(
-            cfg.a, cfg.b, cfg.num_samples, noise_std=noise, noise_seed=cfg.seed, evaluator=_evaluator(cfg, cfg.b)
+            cfg.a,
+            cfg.b,
+            cfg.num_samples,
+            noise_std=cfg.noise_std,
+            noise_seed=cfg.seed,
+            evaluator=_evaluator(cfg, cfg.b),
         )
         atomic_write_json(out_dir / METRICS_FILENAME, metrics)
         print(f"{cfg.a} vs {cfg.b}: " + summary(metrics))

@@ -23,11 +23,12 @@ import torch_fidelity
 import torchmetrics
 from torch import Tensor
 
+from diffusionlab.data.transforms import uint8_to_signed
 from diffusionlab.metrics import distributed, scores
 from diffusionlab.metrics.classifier import CLASSIFIER_DATASETS, load_classifier_extractor
 from diffusionlab.metrics.datasets import load_split, parse_split
 from diffusionlab.metrics.features import FeatureExtractor, FeatureSet, extract_features, load_inception
-from diffusionlab.metrics.reference import Reference, reference_features, select_subset
+from diffusionlab.metrics.reference import Reference, reference_features, reference_images
 
 _CLASSIFIER_CHOICES = ("auto", True, False)
 
@@ -274,7 +275,7 @@ def compare_datasets(a: str, b: str, n: int, noise_std: float = 0.0, noise_seed:
     protocol = {"mode": "data", "a": a, "b": b}
     if noise_std > 0:
         protocol["noise"] = {"std": noise_std, "seed": noise_seed}
-        sets, labels = _noisy_split_features(dataset_a, split_a, n, noise_std, noise_seed, ev)
+        sets, labels = _noisy_split_features(f"{dataset_a}:{split_a}", n, noise_std, noise_seed, ev)
     else:
         sets, labels = {}, None
         for name, ext in ev.extractors.items():
@@ -295,20 +296,16 @@ def compare_datasets(a: str, b: str, n: int, noise_std: float = 0.0, noise_seed:
 
 
 def _noisy_split_features(
-    dataset: str, split: str, n: int, std: float, seed: int, ev: Evaluator
+    split: str, n: int, std: float, seed: int, ev: Evaluator
 ) -> tuple[dict[str, FeatureSet], Tensor]:
-    """Features of the same ``n`` images :func:`reference_features` selects, with noise ``std`` added."""
-    images, labels = load_split(dataset, split, ev.data_dir, ev.cache_dir)
-    idx = select_subset(len(images), n, ev.reference_seed)
-    images, labels = images[idx], labels[idx]
+    """Features of the ``n`` images of ``split`` that :func:`reference_features` takes, with noise ``std`` added."""
+    images, labels = reference_images(split, n, data_dir=ev.data_dir, cache_dir=ev.cache_dir, seed=ev.reference_seed)
     gen = torch.Generator().manual_seed(seed)
 
     def batches():
         for i in range(0, n, ev.batch_size):
-            x = images[i : i + ev.batch_size].float() / 127.5 - 1  # uint8 -> [-1, 1]
+            x = uint8_to_signed(images[i : i + ev.batch_size])
             yield (x + std * torch.randn(x.shape, generator=gen)).clamp(-1, 1), labels[i : i + ev.batch_size]
 
-    sets, _ = extract_features(
-        batches(), ev.extractors, total=n, progress=ev.progress, desc=f"{dataset}:{split} + noise"
-    )
+    sets, _ = extract_features(batches(), ev.extractors, total=n, progress=ev.progress, desc=f"{split} + noise")
     return sets, labels

@@ -65,6 +65,23 @@ def reference_key(data_sha256: str, extractor_info: dict, n: int, seed: int, off
     )[:20]
 
 
+def reference_images(
+    split: str,
+    n: int | None = None,
+    *,
+    data_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    offset: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """The images (uint8 ``[n, C, H, W]``) and labels (``[n]``) of ``split`` that :func:`reference_features`
+    takes: ``select_subset(len(split), n, seed, offset)``, all of the split for ``n=None``."""
+    dataset, part = parse_split(split)
+    images, labels = load_split(dataset, part, data_dir, cache_dir)
+    idx = select_subset(len(images), len(images) if n is None else n, seed, offset)
+    return images[idx], labels[idx]
+
+
 def reference_features(
     split: str,
     extractor: FeatureExtractor,
@@ -84,10 +101,8 @@ def reference_features(
     split be compared (the FID floor of a split against itself).
     """
     dataset, part = parse_split(split)
-    images, labels = load_split(dataset, part, data_dir, cache_dir)
-    n = len(images) if n is None else n
-    idx = select_subset(len(images), n, seed, offset)
-    images, labels = images[idx], labels[idx]
+    images, labels = reference_images(split, n, data_dir=data_dir, cache_dir=cache_dir, seed=seed, offset=offset)
+    n = len(images)
     info = extractor.info()
     data_sha = sha256_tensors(images, labels)
     key = reference_key(data_sha, info, n, seed, offset)
