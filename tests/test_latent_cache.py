@@ -15,8 +15,8 @@ import torch.multiprocessing as mp
 
 from diffusionlab.data.datamodule import ImageDataModule
 from diffusionlab.data.latent_cache import LatentCacheDataModule
-from diffusionlab.data.transforms import uint8_to_signed
 from diffusionlab.nets.autoencoder import kl_autoencoder, load_autoencoder, save_autoencoder
+from diffusionlab.utils.images import uint8_to_signed
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (tests/conftest.py)
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusionlab.data.transforms import uint8_to_signed
 from diffusionlab.diffusion import GaussianDiffusion
 from diffusionlab.diffusion.degradation import downscale, sr_condition, upsample
 from diffusionlab.metrics.datasets import load_split
 from diffusionlab.nets import UNet, count_parameters, unet_from_diffusers
 from diffusionlab.pipelines import generate, upscale
 from diffusionlab.pipelines.super_resolution import comparison_grid
+from diffusionlab.utils.images import uint8_to_signed
 from tests.test_nets import diffusers_config, perturb
 
 pytestmark = pytest.mark.usefixtures("one_thread")

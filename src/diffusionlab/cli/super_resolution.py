@@ -19,13 +19,13 @@ from tqdm.auto import tqdm
 
 from diffusionlab.cli.evaluate import check_num_samples, dataset_name, sampling_options
 from diffusionlab.cli.runs import LoadedRun
-from diffusionlab.data.transforms import fit_images, to_native_size, uint8_to_signed
+from diffusionlab.data.transforms import fit_images, to_native_size
 from diffusionlab.diffusion.degradation import downscale, upsample
 from diffusionlab.metrics.datasets import load_split
 from diffusionlab.metrics.fidelity import IMPLEMENTATION, psnr_ssim
 from diffusionlab.metrics.reference import select_subset
 from diffusionlab.pipelines.super_resolution import comparison_grid, upscale
-from diffusionlab.utils.images import save_png, to_uint8
+from diffusionlab.utils.images import save_png, to_uint8, uint8_to_signed
 
 log = logging.getLogger("diffusionlab.super_resolution")
 DEGRADATION = "antialiased bicubic downscale (PIL-equivalent), clamped, 8-bit; bicubic upsampling for cond and baseline"

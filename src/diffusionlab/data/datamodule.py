@@ -13,8 +13,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from diffusionlab.data.samplers import ResumableSampler, eval_batch_sampler, training_sampler
-from diffusionlab.data.transforms import fit_images, uint8_to_signed
+from diffusionlab.data.transforms import fit_images
 from diffusionlab.utils.datasets import CLASS_NAMES, check_dataset_name, load_dataset
+from diffusionlab.utils.images import uint8_to_signed
 
 
 class InMemoryImages(Dataset):

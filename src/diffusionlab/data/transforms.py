@@ -33,11 +33,6 @@ def fit_images(images: Tensor, image_size: int, channels: int) -> Tensor:
     return images.contiguous()
 
 
-def uint8_to_signed(images: Tensor) -> Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1]."""
-    return images.float().div_(127.5).sub_(1.0)
-
-
 NATIVE_SIZE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32}
 
 

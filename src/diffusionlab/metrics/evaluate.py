@@ -23,12 +23,12 @@ import torch_fidelity
 import torchmetrics
 from torch import Tensor
 
-from diffusionlab.data.transforms import uint8_to_signed
 from diffusionlab.metrics import distributed, scores
 from diffusionlab.metrics.classifier import CLASSIFIER_DATASETS, load_classifier_extractor
 from diffusionlab.metrics.datasets import load_split, parse_split
 from diffusionlab.metrics.features import FeatureExtractor, FeatureSet, extract_features, load_inception
 from diffusionlab.metrics.reference import Reference, reference_features, reference_images
+from diffusionlab.utils.images import uint8_to_signed
 
 _CLASSIFIER_CHOICES = ("auto", True, False)
 

@@ -19,6 +19,11 @@ def to_uint8(x: Tensor) -> Tensor:
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
+def uint8_to_signed(images: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1], the inverse of :func:`to_uint8` on its outputs."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
 def make_grid(images: Tensor, nrow: int | None = None, padding: int = 2, pad_value: int = 255) -> np.ndarray:
     """``[B, C, H, W]`` uint8 (C = 1 or 3) -> one ``[H', W', C]`` uint8 array, ``nrow`` images per row."""
     if images.dtype != torch.uint8:
