@@ -263,7 +263,7 @@ CASES = [
         "generate-precision",
         lambda: _generate(n=1, precision="fp8"),
         ValueError,
-        "unknown sampling precision 'fp8'; valid choices: 32, bf16-mixed, 16-mixed",
+        "unknown sampling precision 'fp8'; valid choices: 32, bf16-mixed, 16-mixed, auto",
     ),
     # ---------------------------------------------------------------- StableDiffusion.from_single_file
     (

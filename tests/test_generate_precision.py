@@ -50,7 +50,30 @@ def test_bf16_samples_track_float32_and_stay_float32(net_and_diffusion):
 
 
 def test_unknown_precision_names_the_choices(net_and_diffusion):
-    with pytest.raises(ValueError, match=r"'bf16'.*valid choices: 32, bf16-mixed, 16-mixed"):
+    with pytest.raises(ValueError, match=r"'bf16'.*valid choices: 32, bf16-mixed, 16-mixed, auto"):
         _draw(net_and_diffusion, precision="bf16")
     out = _draw(net_and_diffusion, precision=32)  # a config's 32 arrives as an int
     assert out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(net_and_diffusion, monkeypatch, native):
+    """``precision="auto"`` samples exactly as bf16-mixed on a CPU with native bf16 and as float32 on one
+    without (where emulated bf16 would be slower than float32)."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    auto = _draw(net_and_diffusion, precision="auto")
+    expected = _draw(net_and_diffusion, precision="bf16-mixed" if native else "32")
+    torch.testing.assert_close(auto, expected, atol=0, rtol=0)
+
+
+def test_trainer_precision_resolver_follows_the_hardware(monkeypatch):
+    from diffusionlab.cli.resolvers import trainer_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert trainer_precision("cpu") == "bf16-mixed"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert trainer_precision("cpu") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert trainer_precision("auto") == "32-true"

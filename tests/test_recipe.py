@@ -1,9 +1,10 @@
 """The mnist_fast recipe learns: a few hundred real training steps give class-conditional samples that a domain
 classifier recognises far above chance (10%), so a regression in the recipe (schedule, loss weighting, EMA,
-learning-rate schedule, bf16 + channels-last path) fails CI.
+learning-rate schedule, precision + channels-last path) fails CI.
 
-Budget: the experiment's own settings (bf16-mixed, channels-last, lr 1e-3 with warm-up and cosine decay,
-EMA 0.999 with warm-up, min-SNR-5, 28x28 native) on a narrower network (base 16) for 300 steps of batch 64;
+Budget: the experiment's own settings (bf16-mixed where the CPU has native bf16, else float32; channels-last;
+lr 1e-3 with warm-up and cosine decay, EMA 0.999 with warm-up, min-SNR-5, 28x28 native) on a narrower network
+(base 16) for 300 steps of batch 64;
 200 samples (20 per class), DPM-Solver++(2M) 20 steps, no guidance.
 """
 

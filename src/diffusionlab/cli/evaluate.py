@@ -97,7 +97,7 @@ def sampling_options(cfg: DictConfig, run: LoadedRun, sampler: str, steps: int) 
         "sampler_opts": default_sampler_opts(latent=run.decode is not None, given=given),
         "steps": steps,
         "guidance": cfg.guidance,
-        "precision": check_precision(cfg.precision),
+        "precision": check_precision(cfg.precision, next(run.net.parameters()).device),
         "channels_last": cfg.channels_last,
     }
 

@@ -6,7 +6,10 @@ import netrc
 import os
 from pathlib import Path
 
+import torch
 from omegaconf import ListConfig, OmegaConf
+
+from diffusionlab.utils.hardware import fast_precision
 
 
 def wandb_offline() -> bool:
@@ -72,7 +75,19 @@ def conditional_classes(conditional, num_classes):
     return num_classes if conditional else None
 
 
+def trainer_precision(accelerator: str = "cpu") -> str:
+    """``trainer.precision: ${fast_precision:${trainer.accelerator}}``: ``bf16-mixed`` where the accelerator
+    (``cpu``, ``gpu``/``cuda``; ``auto`` means CUDA if there is one) has native bf16, else ``32-true``: emulated
+    bf16 on a CPU without it is about half as fast as float32 (:mod:`diffusionlab.utils.hardware`)."""
+    kind = str(accelerator)
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    return fast_precision("cuda" if kind in ("gpu", "cuda") else "cpu", float32_name="32-true")
+
+
 def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("fast_precision"):
+        OmegaConf.register_new_resolver("fast_precision", trainer_precision)
     if not OmegaConf.has_resolver("wandb_offline"):
         OmegaConf.register_new_resolver("wandb_offline", wandb_offline)
     if not OmegaConf.has_resolver("sweep_tags"):

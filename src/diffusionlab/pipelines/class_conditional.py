@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from diffusionlab.diffusion.gaussian import GaussianDiffusion
 from diffusionlab.sampling import classifier_free_guidance, get_sampler
+from diffusionlab.utils.hardware import AUTO, fast_precision
 from diffusionlab.utils.seeding import cpu_generator, randn
 
 PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -39,18 +40,23 @@ def check_conditioning(num_classes: int | None, has_labels: bool, guidance: floa
         )
 
 
-def check_precision(precision: str | int) -> str:
-    """``precision`` as one of :data:`PRECISIONS`' names (``32`` may come as an int from a config)."""
+def check_precision(precision: str | int, device: str | torch.device = "cpu") -> str:
+    """``precision`` as one of :data:`PRECISIONS`' names (``32`` may come as an int from a config); ``"auto"``
+    becomes ``"bf16-mixed"`` where ``device`` has native bf16 and ``"32"`` elsewhere
+    (:func:`~diffusionlab.utils.hardware.fast_precision`)."""
     name = str(precision)
+    if name == AUTO:
+        return fast_precision(device)
     if name not in PRECISIONS:
-        raise ValueError(f"unknown sampling precision {precision!r}; valid choices: {', '.join(PRECISIONS)}")
+        choices = ", ".join([*PRECISIONS, AUTO])
+        raise ValueError(f"unknown sampling precision {precision!r}; valid choices: {choices}")
     return name
 
 
 def mixed_precision(fn: Callable[..., Tensor], device: torch.device, precision: str | int) -> Callable[..., Tensor]:
     """``fn(x_t, ...)`` evaluated under ``torch.autocast`` of ``precision``, its output cast back to ``x_t``'s
     dtype, so the sampler's own arithmetic (and the noise it adds) stays in full precision; ``"32"``: ``fn``."""
-    dtype = PRECISIONS[check_precision(precision)]
+    dtype = PRECISIONS[check_precision(precision, device)]
     if dtype is None:
         return fn
 
@@ -126,6 +132,7 @@ def generate(
         trajectory_every: if > 0, also return the predicted x0 every that many steps (and the last).
         precision: ``"32"``, ``"bf16-mixed"`` or ``"16-mixed"``: the denoiser runs under autocast of that
             dtype (on an AMX CPU bf16 is several times faster); the sampler's update stays float32.
+            ``"auto"``: bf16-mixed where ``device`` has native bf16, else 32.
         channels_last: run the denoiser on channels-last inputs, converting ``net`` in place (as
             ``module.channels_last`` does for training); faster convolutions on CPU and GPU.
         cond: ``[N, C', H, W]`` conditioning image of an image-conditioned net (super-resolution: the
@@ -137,7 +144,7 @@ def generate(
     """
     num = check_request(labels, n, getattr(net, "num_classes", None), guidance)
     device = torch.device(device) if device is not None else next(net.parameters()).device
-    precision = check_precision(precision)
+    precision = check_precision(precision, device)
     net_was_training = net.training
     net.eval()
     gen = cpu_generator(seed)
