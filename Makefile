@@ -11,8 +11,9 @@ install:  ## create .venv and install the project with its test extras (torch pi
 	$(PY) -m pip install -q -c constraints.txt torch torchvision
 	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
 
-test:  ## the whole suite (real MNIST from ../shared/datasets, tiny models); < 15 min on 2 CPU cores
-	$(PY) -m pytest -q tests
+TEST_WORKERS ?= 2
+test:  ## the whole suite (real MNIST from ../shared/datasets, tiny models) in 2 workers, one per core; TEST_WORKERS=0: serial
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 lint:
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

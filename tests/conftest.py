@@ -11,7 +11,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DIFFUSIONLAB_SHARED", ROOT.parent / "shared"))
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# `make test` runs the suite in 2 pytest-xdist workers (one per core of the 2-core CI machine): each worker then
+# computes with one thread, and so do the scripts it starts, or 4 spinning OpenMP threads would share 2 cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def _link_dataset(src_root: Path, dst_root: Path, name: str) -> None:
