@@ -3,9 +3,9 @@ classifier recognises far above chance (10%), so a regression in the recipe (sch
 learning-rate schedule, precision + channels-last path) fails CI.
 
 Budget: the experiment's own settings (bf16-mixed where the CPU has native bf16, else float32; channels-last;
-lr 1e-3 with warm-up and cosine decay, EMA 0.999 with warm-up, min-SNR-5, 28x28 native) on a narrower network
-(base 16) for 300 steps of batch 64;
-200 samples (20 per class), DPM-Solver++(2M) 20 steps, no guidance.
+x0 prediction, lr 1e-3 with warm-up and cosine decay, EMA 0.999 with warm-up, min-SNR-5, 28x28 native) on a
+narrower network (base 16) for 300 steps of batch 64; 200 samples (20 per class), DPM-Solver++(2M) 20 steps,
+no guidance.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ import netrc
 import os
 from pathlib import Path
 
-import torch
 from omegaconf import ListConfig, OmegaConf
 
 from diffusionlab.utils.hardware import fast_precision
@@ -79,10 +78,11 @@ def trainer_precision(accelerator: str = "cpu") -> str:
     """``trainer.precision: ${fast_precision:${trainer.accelerator}}``: ``bf16-mixed`` where the accelerator
     (``cpu``, ``gpu``/``cuda``; ``auto`` means CUDA if there is one) has native bf16, else ``32-true``: emulated
     bf16 on a CPU without it is about half as fast as float32 (:mod:`diffusionlab.utils.hardware`)."""
-    kind = str(accelerator)
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    return fast_precision("cuda" if kind in ("gpu", "cuda") else "cpu", float32_name="32-true")
+    from diffusionlab.cli.sample import pick_device  # resolved once per config: keep it off the import path
+
+    kind = "cuda" if str(accelerator) == "gpu" else str(accelerator)
+    device = pick_device(kind) if kind in ("auto", "cuda") else "cpu"
+    return fast_precision(device, float32_name="32-true")
 
 
 def register_resolvers() -> None:
