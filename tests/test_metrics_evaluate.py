@@ -124,6 +124,8 @@ def test_samples_equal_to_the_reference_score_perfectly(data_dir, cache_dir):
     other = compare_datasets("mnist:train", "mnist:test", 100, evaluator=ev)
     assert abs(m["fid"]) < 1e-4 * other["fid"] and abs(m["domain_fid"]) < 1e-4 * other["domain_fid"]
     assert m["precision"] == 1.0 and m["recall"] == 1.0
+    assert m["pixel_histogram_tv"] < 1e-12 < other["pixel_histogram_tv"]
+    assert m["faint_pixel_fraction"] == pytest.approx(m["reference_faint_pixel_fraction"], abs=1e-12)
     model, _ = load_classifier("mnist", cache_dir)
     assert m["class_accuracy"] == pytest.approx(accuracy(model, images, labels))
     assert m["inception_score"] >= 1.0  # this extractor has logits
@@ -170,7 +172,8 @@ def test_ddp_split_and_gather_equals_one_process(data_dir, cache_dir, tmp_path):
     images, labels = load_split("mnist", "train", data_dir)
     single = _cheap_evaluator(data_dir, cache_dir).evaluate([(images[:40].float() / 127.5 - 1, labels[:40])])
     assert ddp["num_samples"] == single["num_samples"] == 40 and ddp["protocol"]["world_size"] == 2
-    for key in ("fid", "kid_mean", "kid_std", "precision", "recall", "class_accuracy", "domain_fid"):
+    keys = ("fid", "kid_mean", "kid_std", "precision", "recall", "class_accuracy", "domain_fid", "pixel_histogram_tv")
+    for key in keys:
         assert np.isclose(ddp[key], single[key], rtol=1e-4, atol=1e-6), (key, ddp[key], single[key])
 
 
@@ -182,6 +185,11 @@ def test_noise_std_selects_the_same_images_and_raises_fid(data_dir, cache_dir):
     assert tiny["fid"] == pytest.approx(clean["fid"], rel=1e-9)  # quantised to the same uint8 images
     fids = [compare_datasets("mnist:test", "mnist:train", 200, noise_std=s, evaluator=ev)["fid"] for s in (0.1, 0.3)]
     assert clean["fid"] < fids[0] < fids[1]  # visible noise for a random-weight CNN (Inception: see README)
+    # noise lifts MNIST's black background into faint grey: the intensity histogram says so directly
+    grain = compare_datasets("mnist:test", "mnist:train", 200, noise_std=0.1, evaluator=ev)
+    assert clean["pixel_histogram_tv"] < 0.02 < 0.3 < grain["pixel_histogram_tv"]
+    assert clean["faint_pixel_fraction"] < 0.05 < 0.3 < grain["faint_pixel_fraction"]
+    assert grain["reference_faint_pixel_fraction"] == clean["reference_faint_pixel_fraction"]
     again = compare_datasets("mnist:test", "mnist:train", 200, noise_std=0.1, evaluator=ev)
     assert again["fid"] == fids[0] and again["protocol"]["noise"] == {"std": 0.1, "seed": 0}
     assert "noise" not in clean["protocol"]

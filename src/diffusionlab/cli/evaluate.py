@@ -72,7 +72,9 @@ def summary(m: dict) -> str:
         f"FID {f('fid', '{:.2f}')}  KID {f('kid_mean', '{:.4f}')}±{f('kid_std', '{:.4f}')}  "
         f"precision {f('precision')}  recall {f('recall')}  IS {f('inception_score', '{:.2f}')}  "
         f"class acc {f('class_accuracy')}  "
-        f"domain FID {f('domain_fid', '{:.2f}')}  (n={p['num_samples']} vs {p['reference']['split']}, "
+        f"domain FID {f('domain_fid', '{:.2f}')}  pixel-histogram TV {f('pixel_histogram_tv', '{:.4f}')}  "
+        f"faint pixels {f('faint_pixel_fraction')} (real {f('reference_faint_pixel_fraction')})  "
+        f"(n={p['num_samples']} vs {p['reference']['split']}, "
         f"{p.get('sampler', 'data')} {p.get('steps', '')})"
     )
 

@@ -13,7 +13,7 @@ from torchmetrics.aggregation import MeanMetric
 from diffusionlab.data.samplers import global_batch_index
 from diffusionlab.diffusion.gaussian import GaussianDiffusion, NonFiniteLossError
 from diffusionlab.lit.ema import EMA
-from diffusionlab.lit.lr_schedules import warmup_cosine
+from diffusionlab.lit.lr_schedules import max_time_used, warmup_cosine
 from diffusionlab.pipelines import PRECISIONS, default_sampler_opts, generate
 from diffusionlab.utils import faults
 from diffusionlab.utils.checkpoints import check_state_dict_shapes
@@ -173,7 +173,11 @@ class DiffusionModule(LightningModule):
         if getattr(factory, "func", factory) is warmup_cosine:
             # the total is asked for at the first decay step: estimating it here would build the training loader
             # before a resumed checkpoint has restored the position in the epoch (it would restart the epoch)
-            scheduler = factory(optimizer=optimizer, total_steps=lambda: trainer.estimated_stepping_batches)
+            scheduler = factory(
+                optimizer=optimizer,
+                total_steps=lambda: trainer.estimated_stepping_batches,
+                time_used=lambda: max_time_used(trainer),
+            )
         else:
             try:
                 scheduler = factory(optimizer=optimizer, total_steps=trainer.estimated_stepping_batches)

@@ -36,6 +36,8 @@ LOGGED = {
     "domain_fid": "min",
     "domain_kid_mean": "min",
     "inception_score": "max",
+    "pixel_histogram_tv": "min",
+    "faint_pixel_fraction": None,
 }
 CLASSIFIER_CHOICES = ("auto", True, False)
 

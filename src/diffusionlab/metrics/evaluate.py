@@ -1,4 +1,5 @@
-"""Evaluate generated samples against a held-out real split: FID, KID, precision/recall, IS, class accuracy.
+"""Evaluate generated samples against a held-out real split: FID, KID, precision/recall, IS, class accuracy,
+intensity-histogram distance.
 
 Library side of ``evaluate.py`` and of the training-time evaluation callback. Build an :class:`Evaluator` once
 (it loads the feature networks), then call :meth:`Evaluator.evaluate` with any iterable of sample batches::
@@ -27,6 +28,7 @@ from diffusionlab.metrics import distributed, scores
 from diffusionlab.metrics.classifier import CLASSIFIER_DATASETS, load_classifier_extractor
 from diffusionlab.metrics.datasets import load_split, parse_split
 from diffusionlab.metrics.features import FeatureExtractor, FeatureSet, extract_features, load_inception
+from diffusionlab.metrics.pixel_histogram import PixelHistogram, dark_fraction, histogram_tv
 from diffusionlab.metrics.reference import Reference, reference_features, reference_images
 from diffusionlab.utils.images import uint8_to_signed
 
@@ -72,6 +74,7 @@ class Evaluator:
         self.extractor = extractor.to(device) if extractor is not None else load_inception(inception_weights, device)
         self.classifier_mode = classifier
         self.classifier, self.classifier_info = self._load_classifier(classifier, device)
+        self.pixel_histogram = PixelHistogram().to(device)
 
     def _load_classifier(self, mode, device):
         if mode is False:
@@ -93,6 +96,7 @@ class Evaluator:
         out = {"inception": self.extractor}
         if self.classifier is not None:
             out["domain"] = self.classifier
+        out["pixels"] = self.pixel_histogram
         return out
 
     def reference_features(self, n: int, offset: int = 0) -> dict[str, Reference]:
@@ -188,6 +192,7 @@ class Evaluator:
             notes.append(f"class_accuracy: no domain classifier for {self.dataset!r} (see make classifier)")
         else:
             notes.append("class_accuracy: off (classifier=false)")
+        out.update(_pixel_scores(fake.get("pixels"), refs.get("pixels")))
         for note in notes:
             warnings.warn(note, stacklevel=2)
         out["num_samples"] = n
@@ -225,6 +230,8 @@ class Evaluator:
                 "kid": "torchmetrics KernelInceptionDistance",
                 "precision_recall": "torch_fidelity prc_features_to_metric",
                 "inception_score": "torch_fidelity isc_features_to_metric",
+                "pixel_histogram_tv": "diffusionlab: 0.5 * L1 between mean 256-bin uint8 intensity histograms",
+                "faint_pixel_fraction": "diffusionlab: mean fraction of pixel values in uint8 1-31",
             },
             "versions": {
                 "torch": torch.__version__,
@@ -243,6 +250,18 @@ class Evaluator:
             }
         proto.update(extra or {})
         return proto
+
+
+def _pixel_scores(fake: FeatureSet | None, ref: Reference | None) -> dict:
+    """Intensity-histogram scores (:mod:`.pixel_histogram`); None where the pixel histograms were not taken."""
+    if fake is None or ref is None:
+        return dict.fromkeys(("pixel_histogram_tv", "faint_pixel_fraction", "reference_faint_pixel_fraction"))
+    real = ref.features.features
+    return {
+        "pixel_histogram_tv": histogram_tv(real, fake.features),
+        "faint_pixel_fraction": dark_fraction(fake.features),
+        "reference_faint_pixel_fraction": dark_fraction(real),
+    }
 
 
 def evaluate_samples(
