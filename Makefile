@@ -61,7 +61,7 @@ compare-schedules: data  ## linear vs cosine on MNIST, 3 seeds: 6 runs of 5 epoc
 	  for s in linear cosine; do \
 	    echo "training the $$s sweep: tail -f $$dir/$$s.log"; \
 	    OMP_NUM_THREADS=$$threads $(PY) train.py -m experiment=compare_schedules hydra.sweep.dir=$$dir/$$s \
-	      hydra.sweeper.params.diffusion.schedule=$$s $(BUDGET) > $$dir/$$s.log 2>&1 & pids="$$pids $$!"; \
+	      diffusion.schedule=$$s $(BUDGET) > $$dir/$$s.log 2>&1 & pids="$$pids $$!"; \
 	  done; \
 	  for p in $$pids; do wait $$p || { echo "a sweep failed: see $$dir/*.log"; exit 1; }; done; \
 	else $(PY) train.py -m experiment=compare_schedules hydra.sweep.dir=$$dir $(BUDGET); fi; \
