@@ -45,14 +45,14 @@ bench-sd:  ## full-size Stable Diffusion UNet step, ours vs diffusers (slow: min
 
 # Linear vs cosine schedule study. Every knob is overridable: BUDGET (train.py overrides, e.g.
 # BUDGET="trainer.max_steps=50 callbacks.eval.num_samples=50"), EVAL (evaluate.yaml overrides for the final
-# evaluation), CS_DIR (the multirun folder; default logs/compare_schedules/multiruns/<time>), CS_JOBS (2: the
-# linear and the cosine sweep train side by side in <CS_DIR>/linear and <CS_DIR>/cosine, each process with half
-# the cores' threads, logs in <CS_DIR>/<schedule>.log: the small UNet uses two threads poorly; 1: one multirun).
+# evaluation), CS_DIR (the multirun folder; default logs/compare_schedules/multiruns/<time>), CS_JOBS (1: one
+# multirun; 2: the linear and the cosine sweep train side by side in <CS_DIR>/linear and <CS_DIR>/cosine, each
+# process with half the cores' threads, logs in <CS_DIR>/<schedule>.log; which is faster is not measured yet).
 CS_EVAL ?= num_samples=500 steps=50 'sweep.steps=[10,20,50,100]'
-CS_JOBS ?= 2
+CS_JOBS ?= 1
 INCEPTION_WEIGHTS ?= $(or $(DIFFUSIONLAB_INCEPTION_WEIGHTS),$(wildcard $(dir $(SHARED))weights/inception-2015-12-05-pool3.torchscript.pt))
 .PHONY: compare-schedules
-compare-schedules: data  ## linear vs cosine on MNIST, 3 seeds: 6 runs of 5 epochs, then report.md (with the verdict per step count) + PNGs
+compare-schedules: data  ## linear vs cosine on MNIST, 3 seeds: 6 runs of 5 epochs (CS_JOBS=2: two sweeps side by side), then report.md (with the verdict per step count) + PNGs
 	@set -e; dir="$(CS_DIR)"; [ -n "$$dir" ] || dir=logs/compare_schedules/multiruns/$$(date +%Y-%m-%d_%H-%M-%S); \
 	if [ -n "$(INCEPTION_WEIGHTS)" ]; then export DIFFUSIONLAB_INCEPTION_WEIGHTS="$(INCEPTION_WEIGHTS)"; fi; \
 	$(PY) -m diffusionlab.metrics.classifier --dataset mnist --data-dir $(DATA_DIR) --cache-dir "$${DIFFUSIONLAB_CACHE_DIR:-cache}"; \
