@@ -29,8 +29,8 @@ sample:  ## sample from the newest run: make sample CKPT=logs/train/runs/<time>
 	$(PY) sample.py ckpt=$(CKPT)
 
 classifier: data  ## train and cache the MNIST and Fashion-MNIST domain classifiers used by evaluation
-	$(PY) -m diffusionlab.metrics.classifier --dataset mnist --data-dir $(DATA_DIR) --cache-dir "$${DIFFUSIONLAB_CACHE_DIR:-cache}"
-	$(PY) -m diffusionlab.metrics.classifier --dataset fashion_mnist --data-dir $(DATA_DIR) --cache-dir "$${DIFFUSIONLAB_CACHE_DIR:-cache}"
+	$(PY) -m diffusionlab.cli.classifier --dataset mnist --data-dir $(DATA_DIR) --cache-dir "$${DIFFUSIONLAB_CACHE_DIR:-cache}"
+	$(PY) -m diffusionlab.cli.classifier --dataset fashion_mnist --data-dir $(DATA_DIR) --cache-dir "$${DIFFUSIONLAB_CACHE_DIR:-cache}"
 
 bench:  ## speed and memory against peers measured in the same run (ratios); not part of the tests
 	$(PY) benchmarks/bench_unet.py --quick
@@ -55,7 +55,7 @@ INCEPTION_WEIGHTS ?= $(or $(DIFFUSIONLAB_INCEPTION_WEIGHTS),$(wildcard $(dir $(S
 compare-schedules: data  ## linear vs cosine on MNIST, 3 seeds: 6 runs of 5 epochs (CS_JOBS=2: two sweeps side by side), then report.md (with the verdict per step count) + PNGs
 	@set -e; dir="$(CS_DIR)"; [ -n "$$dir" ] || dir=logs/compare_schedules/multiruns/$$(date +%Y-%m-%d_%H-%M-%S); \
 	if [ -n "$(INCEPTION_WEIGHTS)" ]; then export DIFFUSIONLAB_INCEPTION_WEIGHTS="$(INCEPTION_WEIGHTS)"; fi; \
-	$(PY) -m diffusionlab.metrics.classifier --dataset mnist --data-dir $(DATA_DIR) --cache-dir "$${DIFFUSIONLAB_CACHE_DIR:-cache}"; \
+	$(PY) -m diffusionlab.cli.classifier --dataset mnist --data-dir $(DATA_DIR) --cache-dir "$${DIFFUSIONLAB_CACHE_DIR:-cache}"; \
 	if [ "$(CS_JOBS)" = 2 ]; then \
 	  threads=$$(( $$(nproc) / 2 )); [ $$threads -ge 1 ] || threads=1; mkdir -p $$dir; pids=""; \
 	  for s in linear cosine; do \

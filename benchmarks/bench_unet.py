@@ -2,6 +2,7 @@
 
     python benchmarks/bench_unet.py            # eager cells + torch.compile for bf16/channels_last (~30 min)
     python benchmarks/bench_unet.py --quick    # channels_last only, 3 timed steps, no compile (~5 min)
+    python benchmarks/bench_unet.py --profile ours --models unet_small_28 --precision bf16   # top ops
 
 Models: ``unet_small_28``, experiment=mnist_fast's network (``unet_small`` at native 28x28, attention at 7x7),
 the default MNIST model ``configs/model/unet_small.yaml`` at 32x32 (diffusers' ``UNet2DModel`` built
@@ -96,8 +97,8 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def worker(spec: dict) -> dict:
-    """Run one cell in this process and return its measurements."""
+def setup(spec: dict):
+    """``(net, forward, train_step, (x, t, y))`` of one cell: the model, a random batch and the training step."""
     import torch
     import torch.nn.functional as F
 
@@ -123,6 +124,32 @@ def worker(spec: dict) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    return net, forward, train_step, (x, t, y)
+
+
+def profile(spec: dict, rows: int = 20) -> str:
+    """Per-op CPU time of ``spec["steps"]`` training steps after 2 warm-up steps (``torch.profiler``): the
+    table of the ``rows`` ops with the most self CPU time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    _, _, train_step, _ = setup(spec)
+    for _ in range(2):
+        train_step()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(spec["steps"]):
+            train_step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def worker(spec: dict) -> dict:
+    """Run one cell in this process and return its measurements."""
+    import torch
+
+    net, forward, train_step, (x, t, y) = setup(spec)
+    batch = spec["batch"]
+    bf16 = spec["precision"] == "bf16"
 
     def timed(fn, n):
         wall, cpu = [], []
@@ -263,14 +290,26 @@ def main() -> None:
     )
     parser.add_argument("--models", nargs="+", default=list(DATA), choices=list(DATA))
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    parser.add_argument(
+        "--profile",
+        choices=["ours", "diffusers"],
+        default=None,
+        help="instead of the table: torch.profiler's top ops (self CPU time) of the first --models entry's "
+        "training step in --precision, channels_last, --steps steps",
+    )
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="for --profile")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
+    steps = args.steps or (3 if args.quick else 5)
+    if args.profile:
+        spec = dict(model=args.models[0], impl=args.profile, precision=args.precision, channels_last=True)
+        print(profile({**spec, "compile": False, "batch": args.batch, "steps": steps, "threads": args.threads}))
+        return
     from tqdm import tqdm
 
-    steps = args.steps or (3 if args.quick else 5)
     layouts = (True,) if args.quick else (False, True)
     cells = [(m, p, cl, False) for m in args.models for p in ("fp32", "bf16") for cl in layouts]
     if args.compile == "all":

@@ -103,6 +103,9 @@ def test_report_table_and_plots(multirun, capsys):
     assert verdict["steps"] == 2 and verdict["decided"] is None
     assert {verdict["best"], verdict["runner_up"]} == {"linear", "cosine"}
     assert "## Which diffusion.schedule wins" in text and "**No winner at 2 steps (one run per group).**" in text
+    # one evaluation per run: no interval to judge convergence by, and the report says so instead of guessing
+    assert "## Convergence" in text and "convergence unknown" in summary["convergence"]
+    assert all(run["last_interval"] is None for run in summary["runs"])
     for png in ("fid_vs_training_steps.png", "fid_vs_sampling_steps.png", "schedules.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 5000, png
         assert f"]({png})" in text

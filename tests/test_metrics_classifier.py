@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from diffusionlab.cli.classifier import main
 from diffusionlab.metrics import scores
 from diffusionlab.metrics.classifier import (
     accuracy,
     classifier_path,
     load_classifier,
     load_classifier_extractor,
-    main,
 )
 from diffusionlab.metrics.datasets import load_split
 from diffusionlab.metrics.reference import reference_features
@@ -72,7 +72,7 @@ def test_domain_fid_separates_datasets(mnist_classifier, data_dir, cache_dir):
 
 
 def test_missing_or_unsupported_classifier_is_explained(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m diffusionlab.metrics.classifier --dataset fashion_mnist"):
+    with pytest.raises(FileNotFoundError, match="python -m diffusionlab.cli.classifier --dataset fashion_mnist"):
         load_classifier("fashion-mnist", tmp_path)
     with pytest.raises(ValueError, match="no domain classifier for dataset 'cifar10'"):
         classifier_path("cifar10", tmp_path)

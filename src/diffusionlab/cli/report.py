@@ -1,6 +1,6 @@
 """Report of a multirun (e.g. ``make compare-schedules``): every run evaluated the same way, a markdown table
 with mean ± std over seeds per group, which group wins at each sampling step count against the seed spread
-(:mod:`.verdict`), and PNG plots.
+(:mod:`.verdict`), whether the runs had converged (:mod:`.convergence`), and PNG plots.
 
     python -m diffusionlab.cli.report <multirun folder> [--group-by diffusion.schedule] [evaluate.yaml overrides]
 
@@ -19,11 +19,13 @@ import csv
 import json
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from diffusionlab.cli.convergence import TOLERANCE, convergence_sentence, last_interval
 from diffusionlab.cli.runs import CONFIG_FILENAME, load_run_config
 from diffusionlab.cli.verdict import RULE, Verdict, compare, mean_pm, mean_std, summary_sentence
 from diffusionlab.lit.callbacks import EMA_FILENAME
@@ -363,21 +365,25 @@ def markdown(
         cells = [fmt([main_row(r["rows"], s)["fid"] for r in members]) for s in all_steps]
         lines.append(f"| {g} | " + " | ".join(cells) + " |")
     lines += verdict_lines(verdicts, group_by)
+    lines += convergence_lines(runs)
     lines += [
         "",
         "## Runs",
         "",
-        f"| run | {group_by} | seed | FID | KID ×10³ | class accuracy | val loss (EMA) | best FID in training (step) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| run | {group_by} | seed | FID | KID ×10³ | class accuracy | val loss (EMA) | best FID in training (step) "
+        "| FID change, last interval |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in runs:
         m = main_row(r["rows"], steps)
         scored = [e for e in r["history"] if e.get("fid") is not None]
         best = min(scored, key=lambda e: e["fid"]) if scored else None
         best_s = f"{best['fid']:.2f} ({best['global_step']}, n={best['num_samples']})" if best else "n/a"
+        c = last_interval(r["history"])
+        change = "n/a" if c is None else f"{100 * c.change:+.1f}% ({c.previous_step} -> {c.last_step})"
         lines.append(
             f"| {r['name']} | {r['group']} | {r['seed']} | {fmt([m['fid']])} | {fmt([m['kid_mean']], 3, 1e3)} "
-            f"| {fmt([m['class_accuracy']], 3)} | {fmt([r['val_loss_ema']], 4)} | {best_s} |"
+            f"| {fmt([m['class_accuracy']], 3)} | {fmt([r['val_loss_ema']], 4)} | {best_s} | {change} |"
         )
     lines.append("")
     for title, name in plots.items():
@@ -420,6 +426,24 @@ def verdict_lines(verdicts: list[Verdict], group_by: str) -> list[str]:
     return lines
 
 
+def convergence_lines(runs: list[dict]) -> list[str]:
+    """The report's convergence section: the criterion and one sentence over the runs' eval histories."""
+    scored = next((e for r in runs for e in r["history"] if e.get("fid") is not None), None)
+    where = ""
+    if scored is not None:
+        split = scored.get("protocol", {}).get("reference", {}).get("split", "its reference")
+        where = f" (n={scored['num_samples']} against {split})"
+    return [
+        "",
+        "## Convergence",
+        "",
+        f"A run counts as converged when its training-time FID{where} fell by less than {100 * TOLERANCE:.0f}% "
+        "between its last two evaluations (per run: the last column of the table below).",
+        "",
+        f"**{convergence_sentence([last_interval(r['history']) for r in runs])}**",
+    ]
+
+
 SUMMARY_KEYS = ("fid", "kid_mean", "class_accuracy")
 
 
@@ -432,7 +456,9 @@ def group_summary(members: list[dict], steps: int) -> dict:
 
 def run_summary(r: dict) -> dict:
     history = [{k: e.get(k) for k in ("global_step", "fid", "kid_mean", "num_samples")} for e in r["history"]]
-    return {**{k: r[k] for k in ("run", "group", "seed", "val_loss_ema", "rows")}, "history": history}
+    c = last_interval(r["history"])
+    out = {k: r[k] for k in ("run", "group", "seed", "val_loss_ema", "rows")}
+    return {**out, "history": history, "last_interval": None if c is None else asdict(c)}
 
 
 def last_wins(overrides: list[str]) -> list[str]:
@@ -488,6 +514,7 @@ def make_report(
         "runs": [run_summary(r) for r in runs],
         "floor": None if floor_metrics is None else {k: floor_metrics.get(k) for k in SUMMARY_KEYS},
         "verdicts": [v.as_dict() for v in verdicts],
+        "convergence": convergence_sentence([last_interval(r["history"]) for r in runs]),
     }
     atomic_write_json(out / "report.json", summary)
     print(text)

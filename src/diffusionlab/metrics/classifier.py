@@ -7,15 +7,13 @@ metadata) with a ``.sha256`` sidecar checked on every load: a damaged file is ne
 it with a warning). Concurrent processes train it once (:func:`ensure_classifier`). Train it with
 ``make classifier`` or::
 
-    python -m diffusionlab.metrics.classifier --dataset mnist --data-dir ../shared/datasets
+    python -m diffusionlab.cli.classifier --dataset mnist --data-dir ../shared/datasets
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -220,14 +218,14 @@ def load_classifier(
     if not path.is_file():
         raise FileNotFoundError(
             f"no domain classifier for {name!r} at {str(path)!r}; train it with `python -m "
-            f"diffusionlab.metrics.classifier --dataset {name} --data-dir <datasets folder>` (make classifier)"
+            f"diffusionlab.cli.classifier --dataset {name} --data-dir <datasets folder>` (make classifier)"
         )
     problem = checksum_problem(path)
     if problem is not None:
         if data_dir is None:
             raise ValueError(
                 f"domain classifier {str(path)!r} is damaged ({problem}); retrain it with `python -m "
-                f"diffusionlab.metrics.classifier --dataset {name} --data-dir <datasets folder> --force`"
+                f"diffusionlab.cli.classifier --dataset {name} --data-dir <datasets folder> --force`"
             )
         ensure_classifier(dataset, data_dir, cache_dir)
     with safe_open(str(path), framework="pt") as f:
@@ -273,47 +271,3 @@ def load_classifier_extractor(
     """:func:`load_classifier` wrapped as a :class:`ClassifierFeatures` extractor."""
     model, info = load_classifier(dataset, cache_dir, device, data_dir)
     return ClassifierFeatures(model, dataset, info["sha256"]).to(device), info
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Train (or load) the cached domain classifier of a dataset.")
-    p.add_argument("--dataset", required=True, choices=list(CLASSIFIER_DATASETS))
-    data_default = os.environ.get("DIFFUSIONLAB_DATA_DIR") or os.environ.get("DATA_DIR") or "data"
-    p.add_argument("--data-dir", default=data_default, help="default: $DIFFUSIONLAB_DATA_DIR or ./data")
-    p.add_argument("--cache-dir", default=None, help="default: $DIFFUSIONLAB_CACHE_DIR or ~/.cache/diffusionlab")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--max-train", type=int, default=None, help="train on a random subset of this size")
-    p.add_argument("--max-test", type=int, default=None, help="measure accuracy on the first N test images")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--force", action="store_true", help="retrain even if a checkpoint is cached")
-    p.add_argument("--min-accuracy", type=float, default=None, help="exit 1 below it (default: the target)")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    trained = ensure_classifier(
-        args.dataset,
-        args.data_dir,
-        args.cache_dir,
-        force=args.force,
-        epochs=args.epochs,
-        max_train=args.max_train,
-        max_test=args.max_test,
-        device=args.device,
-    )
-    _, info = load_classifier(args.dataset, args.cache_dir)
-    print(f"{'trained' if trained else 'cached'} classifier {info['path']}")
-    target = TARGET_ACCURACY[args.dataset] if args.min_accuracy is None else args.min_accuracy
-    print(
-        f"{args.dataset}: test accuracy {info['test_accuracy']:.4f} on {info['test_size']} images "
-        f"(trained on {info['train_size']} for {info['epochs']} epochs, {info['seconds']} s); target {target}"
-    )
-    if info["test_accuracy"] < target:
-        print(f"below the target accuracy {target}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
