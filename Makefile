@@ -52,7 +52,7 @@ CS_EVAL ?= num_samples=500 steps=50 'sweep.steps=[10,20,50,100]'
 CS_JOBS ?= 1
 INCEPTION_WEIGHTS ?= $(or $(DIFFUSIONLAB_INCEPTION_WEIGHTS),$(wildcard $(dir $(SHARED))weights/inception-2015-12-05-pool3.torchscript.pt))
 .PHONY: compare-schedules
-compare-schedules: data  ## linear vs cosine on MNIST, 3 seeds: 6 runs of 5 epochs (CS_JOBS=2: two sweeps side by side), then report.md (with the verdict per step count) + PNGs
+compare-schedules: data  ## linear vs cosine on MNIST, 3 seeds: 6 runs of 7 epochs (CS_JOBS=2: two sweeps side by side), then report.md (with the verdict per step count) + PNGs
 	@set -e; dir="$(CS_DIR)"; [ -n "$$dir" ] || dir=logs/compare_schedules/multiruns/$$(date +%Y-%m-%d_%H-%M-%S); \
 	if [ -n "$(INCEPTION_WEIGHTS)" ]; then export DIFFUSIONLAB_INCEPTION_WEIGHTS="$(INCEPTION_WEIGHTS)"; fi; \
 	$(PY) -m diffusionlab.cli.classifier --dataset mnist --data-dir $(DATA_DIR) --cache-dir "$${DIFFUSIONLAB_CACHE_DIR:-cache}"; \

@@ -307,8 +307,9 @@ def _budget(cfg: DictConfig) -> str:
     model = cfg.model
     return (
         f"{model._target_.rsplit('.', 1)[-1]} base_channels={model.get('base_channels')} "
-        f"channel_mult={list(model.get('channel_mult') or [])}, max_steps={t.max_steps}, batch {d.batch_size}, "
-        f"train_subset={d.train_subset}, T={cfg.diffusion.num_timesteps}, prediction={cfg.diffusion.prediction}"
+        f"channel_mult={list(model.get('channel_mult') or [])}, max_epochs={t.max_epochs}, max_steps={t.max_steps}, "
+        f"batch {d.batch_size}, train_subset={d.train_subset}, T={cfg.diffusion.num_timesteps}, "
+        f"prediction={cfg.diffusion.prediction}, min_snr_gamma={cfg.diffusion.get('min_snr_gamma')}"
     )
 
 
