@@ -1,12 +1,13 @@
 """Sampling images/s: our UNet + samplers against diffusers' UNet2DModel + schedulers, same weights, same run.
 
-The network is the default MNIST model (configs/model/unet_small.yaml at 32x32, 10 classes). diffusers'
-UNet2DModel of the identical architecture gets our random weights ported (nets.diffusers_compat), so both
-compute the same function; the script checks the final samples agree before timing. Classifier-free guidance
+The network is ``--model``: ``unet_small`` (configs/model/unet_small.yaml at 32x32, 10 classes, the default)
+or ``unet_small_28`` (experiment=mnist_fast's network at native 28x28), built as ``bench_unet.py`` builds them.
+diffusers' UNet2DModel of the identical architecture gets our random weights ported (nets.diffusers_compat),
+so both compute the same function; the script checks the final samples agree before timing. Classifier-free guidance
 (scale 2) runs cond + uncond in one batch in both.
 
-    python benchmarks/bench_sampling.py [--batch 64] [--samplers ddim dpmpp_2m euler heun ddpm] [--bf16]
-        [--channels-last]
+    python benchmarks/bench_sampling.py [--model unet_small_28] [--batch 64]
+        [--samplers ddim dpmpp_2m euler heun ddpm] [--bf16] [--channels-last]
 
 ``--bf16`` autocasts both networks (what ``sample.py precision=bf16-mixed`` does for ours); ``--channels-last``
 puts both networks and their inputs in channels-last memory format (``channels_last=true``).
@@ -19,27 +20,22 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 from diffusionlab.diffusion import NoiseSchedule
-from diffusionlab.nets import UNet
-from diffusionlab.nets.diffusers_compat import convert_unet2d_state_dict, diffusers_unet2d_config
+from diffusionlab.nets.diffusers_compat import convert_unet2d_state_dict
 from diffusionlab.sampling import classifier_free_guidance, get_sampler
 
-UNET_SMALL = dict(
-    in_channels=1,
-    num_classes=10,
-    image_size=32,
-    base_channels=32,
-    channel_mult=(1, 2, 2),
-    num_res_blocks=2,
-    attention_resolutions=(8,),
-    dropout=0.0,
-    norm_groups=8,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_unet import DATA, build  # noqa: E402  (the same networks as the training bench)
+
+NUM_CLASSES = 10  # label 10 = the null class of classifier-free guidance
+
 STEPS = {"ddim": 50, "dpmpp_2m": 20, "euler": 30, "heun": 15, "ddpm": 100}
 
 
@@ -61,7 +57,7 @@ def diffusers_scheduler(name: str):
 def ours(net, name, x_T, labels, steps, gen_seed):
     schedule = NoiseSchedule.from_name("linear", 1000)
     smp = get_sampler(name, schedule, steps)
-    y_null = torch.full_like(labels, 10)
+    y_null = torch.full_like(labels, NUM_CLASSES)
     fn = classifier_free_guidance(lambda x, t, c: net(x, t, c), labels, y_null, 2.0)
     g = torch.Generator().manual_seed(gen_seed)
     return smp.sample(fn, smp.prepare_noise(x_T), generator=g, progress=False)
@@ -71,7 +67,7 @@ def theirs(model, name, x_T, labels, steps, gen_seed):
     sch = diffusers_scheduler(name)
     sch.set_timesteps(steps)
     x = x_T * sch.init_noise_sigma
-    y = torch.cat([torch.full_like(labels, 10), labels])
+    y = torch.cat([torch.full_like(labels, NUM_CLASSES), labels])
     g = torch.Generator().manual_seed(gen_seed)
     takes_generator = "generator" in inspect.signature(sch.step).parameters  # Heun's step has none
     for t in sch.timesteps:
@@ -104,6 +100,7 @@ def timed(fn, repeats: int, *args) -> tuple[float, torch.Tensor]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=["unet_small", "unet_small_28"], default="unet_small")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--samplers", nargs="+", default=list(STEPS), choices=list(STEPS))
     ap.add_argument("--repeats", type=int, default=2)
@@ -111,22 +108,22 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs for both")
     args = ap.parse_args()
 
-    from diffusers import UNet2DModel
-
     torch.manual_seed(0)
-    net = UNet(**UNET_SMALL).eval()
-    model = UNet2DModel(**diffusers_unet2d_config(**UNET_SMALL))
+    net, _ = build(args.model, "ours")
+    model, _ = build(args.model, "diffusers")
     # port diffusers' random init into ours so both compute the same function
     net.load_state_dict(convert_unet2d_state_dict(model.state_dict(), flip_sin_to_cos=False))
+    net.eval()
     model.eval()
-    x_T = torch.randn(args.batch, 1, 32, 32)
+    size = DATA[args.model]["image_size"]
+    x_T = torch.randn(args.batch, 1, size, size)
     if args.channels_last:
         net, model = (m.to(memory_format=torch.channels_last) for m in (net, model))
         x_T = x_T.contiguous(memory_format=torch.channels_last)
     labels = torch.arange(args.batch) % 10
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else torch.autocast("cpu", enabled=False)
     print(
-        f"sampling, batch {args.batch}, CFG scale 2, {torch.get_num_threads()} threads, "
+        f"sampling {args.model} ({size}x{size}), batch {args.batch}, CFG scale 2, {torch.get_num_threads()} threads, "
         f"{'bf16 autocast' if args.bf16 else 'float32'}{', channels_last' if args.channels_last else ''}"
     )
     head = f"{'ours img/CPU-s':>15} {'diffusers img/CPU-s':>20} {'ratio':>6} {'max|diff|':>10}"
