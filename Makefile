@@ -35,10 +35,11 @@ classifier: data  ## train and cache the MNIST and Fashion-MNIST domain classifi
 bench:  ## speed and memory against peers measured in the same run (ratios); not part of the tests
 	$(PY) benchmarks/bench_unet.py --quick
 	$(PY) benchmarks/bench_sampling.py --bf16 --channels-last
+	$(PY) benchmarks/bench_sampling.py --bf16 --channels-last --model unet_small_28
 	$(PY) benchmarks/bench_metrics.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_latent.py
-	$(PY) benchmarks/bench_ddp.py
+	$(PY) benchmarks/bench_ddp.py --precision bf16-mixed --batch 128 --steps 30
 
 bench-sd:  ## full-size Stable Diffusion UNet step, ours vs diffusers (slow: minutes on a CPU)
 	$(PY) benchmarks/bench_sd.py
