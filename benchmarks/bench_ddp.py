@@ -1,17 +1,19 @@
 """Multi-process scaling on the CPU: the real training entry point with 1 process vs 2 DDP processes (gloo).
 
     python benchmarks/bench_ddp.py                    # default MNIST UNet, global batch 64, fp32
-    python benchmarks/bench_ddp.py --precision bf16-mixed --steps 20
+    python benchmarks/bench_ddp.py --precision bf16-mixed --batch 128 --steps 30   # make bench
 
-Three cells, the same global batch and model (``train.py debug=fast`` with the throughput callback):
+Four cells, the same global batch and model (``train.py debug=fast`` with the throughput callback):
 
 * 1 process, 1 thread: the unit of work;
 * 1 process, N threads: what you get without DDP on an N-core machine;
-* N processes (``trainer=ddp_cpu``), 1 thread each, batch / N per process.
+* N processes (``trainer=ddp_cpu``), 1 thread each, batch / N per process;
+* N independent single-threaded runs side by side, batch / N each, no communication: what the machine itself
+  gives N processes (shared memory bandwidth and caches, the smaller per-process batch).
 
 Reported: median global images/s over the steps after the warm-up, scaling efficiency
-``img/s(N processes) / (N x img/s(1 process, 1 thread))`` (1.0 = perfect), and the speed-up of DDP over
-threads. On a machine shared with other jobs the wall-clock numbers move with the load: compare cells of
+``img/s(N processes) / (N x img/s(1 process, 1 thread))`` (1.0 = perfect) split into the machine's share
+(independent / (N x 1 process)) and DDP's own (DDP / independent), and the speed-up of DDP over threads. On a machine shared with other jobs the wall-clock numbers move with the load: compare cells of
 one run only.
 """
 
@@ -28,9 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cell(processes: int, threads: int, args, workdir: Path) -> dict:
-    out = workdir / f"p{processes}_t{threads}"
+def start_cell(processes: int, threads: int, args, out: Path, ddp: bool = True) -> tuple[subprocess.Popen, Path]:
+    """Launch one ``train.py`` run (``processes`` DDP ranks when ``ddp``, else one process with batch / ``processes``)
+    and return it with the path its throughput summary will be written to."""
     summary = out / "throughput.json"
+    ranks = processes if ddp else 1
     cmd = [
         sys.executable,
         str(ROOT / "train.py"),
@@ -45,14 +49,37 @@ def run_cell(processes: int, threads: int, args, workdir: Path) -> dict:
         f"callbacks.throughput.path={summary}",
         "callbacks.throughput.warmup=3",
         f"hydra.run.dir={out}",
-        *(["trainer=ddp_cpu", f"trainer.devices={processes}"] if processes > 1 else ["trainer=cpu"]),
+        *(["trainer=ddp_cpu", f"trainer.devices={ranks}"] if ranks > 1 else ["trainer=cpu"]),
         *args.overrides,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "DIFFUSIONLAB_DATA_DIR": str(args.data_dir)}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return proc, summary
+
+
+def finish(proc: subprocess.Popen, summary: Path, name: str, timeout: float) -> dict:
+    _, err = proc.communicate(timeout=timeout)
     if proc.returncode != 0 or not summary.is_file():
-        raise RuntimeError(f"cell {processes} processes x {threads} threads failed:\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"cell {name!r} failed:\n{err[-2000:]}")
     return json.loads(summary.read_text())
+
+
+def run_cell(processes: int, threads: int, args, workdir: Path) -> dict:
+    """One run: 1 process (``processes`` = 1) or ``processes`` DDP ranks, ``threads`` threads each."""
+    name = f"p{processes}_t{threads}"
+    return finish(*start_cell(processes, threads, args, workdir / name), name, args.timeout)
+
+
+def run_independent(processes: int, args, workdir: Path) -> dict:
+    """``processes`` single-threaded runs side by side, each with batch / ``processes`` and no communication:
+    what the machine gives N processes before DDP adds anything. Returns their summed images/s."""
+    started = [start_cell(processes, 1, args, workdir / f"independent_{i}", ddp=False) for i in range(processes)]
+    results = [finish(p, s, f"independent {i}", args.timeout) for i, (p, s) in enumerate(started)]
+    return {
+        "images_per_s": sum(r["images_per_s"] for r in results),
+        "median_step_s": max(r["median_step_s"] for r in results),
+        "steps": results[0]["steps"],
+    }
 
 
 def main() -> None:
@@ -73,14 +100,19 @@ def main() -> None:
             "1 process x 1 thread": run_cell(1, 1, args, Path(tmp)),
             f"1 process x {n} threads": run_cell(1, n, args, Path(tmp)),
             f"{n} processes x 1 thread (DDP gloo)": run_cell(n, 1, args, Path(tmp)),
+            f"{n} independent processes x 1 thread": run_independent(n, args, Path(tmp)),
         }
-    base, threaded, ddp = (c["images_per_s"] for c in cells.values())
+    base, threaded, ddp, independent = (c["images_per_s"] for c in cells.values())
     timed = next(iter(cells.values()))["steps"]
     print(f"\nglobal batch {args.batch}, {args.precision}, {args.steps} steps ({timed} timed)")
     print(f"{'cell':40s} {'img/s':>8s} {'step s':>8s}")
     for name, c in cells.items():
         print(f"{name:40s} {c['images_per_s']:8.1f} {c['median_step_s']:8.3f}")
     print(f"scaling efficiency of {n} processes: {ddp / (n * base):.2f} (1.00 = linear)")
+    print(
+        f"  of which the machine: {independent / (n * base):.2f} ({n} runs of batch {args.batch // n} side by side, "
+        f"no communication), DDP itself: {ddp / independent:.2f}"
+    )
     print(f"DDP vs {n} threads in one process: {ddp / threaded:.2f}x")
 
 
