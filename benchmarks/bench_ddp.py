@@ -13,8 +13,8 @@ Four cells, the same global batch and model (``train.py debug=fast`` with the th
 
 Reported: median global images/s over the steps after the warm-up, scaling efficiency
 ``img/s(N processes) / (N x img/s(1 process, 1 thread))`` (1.0 = perfect) split into the machine's share
-(independent / (N x 1 process)) and DDP's own (DDP / independent), and the speed-up of DDP over threads. On a machine shared with other jobs the wall-clock numbers move with the load: compare cells of
-one run only.
+(independent / (N x 1 process)) and DDP's own (DDP / independent), and the speed-up of DDP over threads.
+On a machine shared with other jobs the wall-clock numbers move with the load: compare cells of one run only.
 """
 
 from __future__ import annotations
