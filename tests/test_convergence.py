@@ -37,7 +37,8 @@ def test_the_sentence_counts_the_runs_that_still_improve():
 
 
 def test_the_report_section_names_the_evaluation_it_judges_by():
-    lines = convergence_lines([{"history": history(120.0, 100.0)}, {"history": history(90.0, 89.0)}])
+    runs = [{"history": h, "last_interval": last_interval(h)} for h in (history(120.0, 100.0), history(90.0, 89.0))]
+    lines = convergence_lines(runs)  # runs as describe_run gives them
     text = "\n".join(lines)
     assert "## Convergence" in text and "(n=200 against mnist:train)" in text
     assert "**Not converged: 1 of 2 runs'" in text

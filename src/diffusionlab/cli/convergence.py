@@ -54,7 +54,7 @@ def convergence_sentence(intervals: list[Convergence | None], tolerance: float =
         )
     median = statistics.median(c.change for c in falling)
     return (
-        f"Not converged: {len(falling)} of {len(known)} runs' training-time FID still fell by more than "
-        f"{100 * tolerance:.0f}% over the last evaluation interval (median {100 * median:+.1f}%; all runs "
+        f"Not converged: {len(falling)} of {len(known)} runs' training-time FID still fell by "
+        f"{100 * tolerance:.0f}% or more over the last evaluation interval (median {100 * median:+.1f}%; all runs "
         f"{span}){tail}: a longer budget may change the verdict."
     )

@@ -88,6 +88,7 @@ def describe_run(run: Path, group_by: str) -> dict:
         "seed": cfg.get("seed"),
         "cfg": cfg,
         "history": history,
+        "last_interval": last_interval(history),
         "val_loss_ema": final_val_loss(run, history),
     }
 
@@ -380,7 +381,7 @@ def markdown(
         scored = [e for e in r["history"] if e.get("fid") is not None]
         best = min(scored, key=lambda e: e["fid"]) if scored else None
         best_s = f"{best['fid']:.2f} ({best['global_step']}, n={best['num_samples']})" if best else "n/a"
-        c = last_interval(r["history"])
+        c = r["last_interval"]
         change = "n/a" if c is None else f"{100 * c.change:+.1f}% ({c.previous_step} -> {c.last_step})"
         lines.append(
             f"| {r['name']} | {r['group']} | {r['seed']} | {fmt([m['fid']])} | {fmt([m['kid_mean']], 3, 1e3)} "
@@ -441,7 +442,7 @@ def convergence_lines(runs: list[dict]) -> list[str]:
         f"A run counts as converged when its training-time FID{where} fell by less than {100 * TOLERANCE:.0f}% "
         "between its last two evaluations (per run: the last column of the table below).",
         "",
-        f"**{convergence_sentence([last_interval(r['history']) for r in runs])}**",
+        f"**{convergence_sentence([r['last_interval'] for r in runs])}**",
     ]
 
 
@@ -457,7 +458,7 @@ def group_summary(members: list[dict], steps: int) -> dict:
 
 def run_summary(r: dict) -> dict:
     history = [{k: e.get(k) for k in ("global_step", "fid", "kid_mean", "num_samples")} for e in r["history"]]
-    c = last_interval(r["history"])
+    c = r["last_interval"]
     out = {k: r[k] for k in ("run", "group", "seed", "val_loss_ema", "rows")}
     return {**out, "history": history, "last_interval": None if c is None else asdict(c)}
 
@@ -515,7 +516,7 @@ def make_report(
         "runs": [run_summary(r) for r in runs],
         "floor": None if floor_metrics is None else {k: floor_metrics.get(k) for k in SUMMARY_KEYS},
         "verdicts": [v.as_dict() for v in verdicts],
-        "convergence": convergence_sentence([last_interval(r["history"]) for r in runs]),
+        "convergence": convergence_sentence([r["last_interval"] for r in runs]),
     }
     atomic_write_json(out / "report.json", summary)
     print(text)
