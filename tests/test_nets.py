@@ -22,11 +22,13 @@ from diffusionlab.nets import (
     UNet,
     convert_unet2d_state_dict,
     count_parameters,
+    fused_group_norm,
     unet_from_diffusers,
     unet_kwargs_from_diffusers,
 )
 from diffusionlab.nets.attention import attention
 from diffusionlab.nets.blocks import GroupNorm
+from tests.helpers import require_fused_group_norm
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 
@@ -343,8 +345,13 @@ def test_diffusers_config_we_cannot_reproduce_is_refused():
         )
 
 
+@pytest.mark.parametrize("path", ["fused", "nchw_detour"])
 @pytest.mark.parametrize("silu", [False, True])
-def test_groupnorm_bf16_channels_last_fast_path_matches_float32(silu):
+def test_groupnorm_bf16_channels_last_fast_path_matches_float32(silu, path, monkeypatch):
+    if path == "fused":
+        require_fused_group_norm()
+    else:
+        monkeypatch.setattr(fused_group_norm, "available", lambda: False)
     ref = perturb(torch.nn.GroupNorm(8, 32, eps=1e-6))
     ours = GroupNorm(8, 32, eps=1e-6, silu=silu)
     ours.load_state_dict(ref.state_dict())
@@ -365,7 +372,7 @@ def test_groupnorm_bf16_channels_last_fast_path_matches_float32(silu):
     ref_w, ref_b = ref.weight.grad, ref.bias.grad
     torch.testing.assert_close(w_grad, ref_w, atol=0.1, rtol=2e-2)
     torch.testing.assert_close(b_grad, ref_b, atol=0.1, rtol=2e-2)
-    with torch.no_grad():  # sampling: the NCHW-copy forward without autograd
+    with torch.no_grad():  # sampling: the forward without autograd
         fast = ours(x.contiguous(memory_format=torch.channels_last))
     assert fast.dtype == torch.bfloat16 and fast.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(fast.float(), expected.detach(), atol=3e-2, rtol=2e-2)

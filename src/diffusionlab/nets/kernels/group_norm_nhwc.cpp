@@ -1,0 +1,259 @@
+// Fused GroupNorm (+ optional SiLU) forward and backward for channels_last bfloat16 tensors on the CPU.
+//
+// x, y, grad and dx are [B, C, H, W] tensors stored channels_last, i.e. one [H*W, C] row-major slab per image.
+// weight and bias are float32 [C]; mean and rstd are float32 [B, G]. Statistics and every intermediate are
+// float32 (per-channel sums over H*W, combined into groups in double); only the stored outputs are bfloat16,
+// rounded to nearest even. One image per task of at::parallel_for, so the op shares PyTorch's thread pool.
+//
+// Forward, per image b and group g (Cg = C / G channels, N = Cg * H * W values):
+//   mean, rstd = mean and 1 / sqrt(var + eps) of the group's values (biased variance, as nn.GroupNorm)
+//   y = (x - mean) * rstd * weight[c] + bias[c];  out = silu ? y * sigmoid(y) : y
+// Backward: dy = grad (times silu'(y) = s * (1 + y * (1 - s)) when silu, s = sigmoid(y), y recomputed from x),
+//   dbias[c] = sum dy,  dweight[c] = sum dy * (x - mean) * rstd   (over images and positions)
+//   dx = rstd * weight[c] * dy + c2 * x + c3 with, per group, ds = sum dy * weight * x, db = sum dy * weight,
+//   c2 = (db * mean - ds) * rstd^3 / N and c3 = -c2 * mean - db * rstd / N (PyTorch's GroupNorm backward).
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+inline float bf16_to_float(uint16_t h) {
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+inline uint16_t float_to_bf16(float f) {  // round to nearest even (finite inputs)
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+inline float sigmoid(float y) { return 1.0f / (1.0f + std::exp(-y)); }
+
+void check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, int64_t groups) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kBFloat16 && x.dim() == 4,
+              "fused GroupNorm expects a CPU bfloat16 [B, C, H, W] tensor, got ", x.scalar_type(), " ", x.sizes());
+  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), "fused GroupNorm expects a channels_last tensor");
+  const int64_t c = x.size(1);
+  TORCH_CHECK(groups > 0 && c % groups == 0, "fused GroupNorm: ", c, " channels do not split into ", groups, " groups");
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.is_contiguous() && weight.numel() == c,
+              "fused GroupNorm expects a float32 weight of ", c, " values");
+  TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == c,
+              "fused GroupNorm expects a float32 bias of ", c, " values");
+}
+
+// Per-channel mean and M2 (sum of squared deviations) of one [hw, c] slab, shifted by the first row so that
+// float32 sums do not cancel; then combined into per-group mean / rstd in double (Chan's parallel formula).
+void group_stats(const uint16_t* xb, int64_t hw, int64_t c, int64_t groups, double eps, float* mean_out,
+                 float* rstd_out, std::vector<float>& s, std::vector<float>& ss, std::vector<float>& shift) {
+  for (int64_t k = 0; k < c; ++k) {
+    shift[k] = bf16_to_float(xb[k]);
+    s[k] = 0.f;
+    ss[k] = 0.f;
+  }
+  float* __restrict sp = s.data();
+  float* __restrict ssp = ss.data();
+  const float* __restrict kp = shift.data();
+  for (int64_t p = 0; p < hw; ++p) {
+    const uint16_t* __restrict row = xb + p * c;
+#pragma omp simd
+    for (int64_t k = 0; k < c; ++k) {
+      const float d = bf16_to_float(row[k]) - kp[k];
+      sp[k] += d;
+      ssp[k] += d * d;
+    }
+  }
+  const int64_t cg = c / groups;
+  for (int64_t g = 0; g < groups; ++g) {
+    double mean_sum = 0.0;
+    for (int64_t k = g * cg; k < (g + 1) * cg; ++k) mean_sum += kp[k] + static_cast<double>(sp[k]) / hw;
+    const double gmean = mean_sum / cg;
+    double m2 = 0.0;
+    for (int64_t k = g * cg; k < (g + 1) * cg; ++k) {
+      const double cmean = kp[k] + static_cast<double>(sp[k]) / hw;
+      const double cm2 = ssp[k] - static_cast<double>(sp[k]) * sp[k] / hw;
+      m2 += (cm2 > 0.0 ? cm2 : 0.0) + hw * (cmean - gmean) * (cmean - gmean);
+    }
+    mean_out[g] = static_cast<float>(gmean);
+    rstd_out[g] = static_cast<float>(1.0 / std::sqrt(m2 / (hw * cg) + eps));
+  }
+}
+
+// a[k] = rstd * weight, b[k] = bias - mean * a: y = x * a + b for every channel k of one image.
+void affine_coefficients(const float* mean, const float* rstd, const float* weight, const float* bias, int64_t c,
+                         int64_t groups, float* a, float* b) {
+  const int64_t cg = c / groups;
+  for (int64_t k = 0; k < c; ++k) {
+    const int64_t g = k / cg;
+    a[k] = rstd[g] * weight[k];
+    b[k] = bias[k] - mean[g] * a[k];
+  }
+}
+
+std::vector<at::Tensor> forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                int64_t groups, double eps, bool silu) {
+  check_inputs(x, weight, bias, groups);
+  const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+  auto y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  auto mean = at::empty({n, groups}, x.options().dtype(at::kFloat));
+  auto rstd = at::empty({n, groups}, x.options().dtype(at::kFloat));
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
+  const float* wp = weight.data_ptr<float>();
+  const float* bp = bias.data_ptr<float>();
+  float* meanp = mean.data_ptr<float>();
+  float* rstdp = rstd.data_ptr<float>();
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> s(c), ss(c), shift(c), a(c), b(c);
+    for (int64_t i = begin; i < end; ++i) {
+      const uint16_t* xb = xp + i * hw * c;
+      uint16_t* __restrict yb = yp + i * hw * c;
+      group_stats(xb, hw, c, groups, eps, meanp + i * groups, rstdp + i * groups, s, ss, shift);
+      affine_coefficients(meanp + i * groups, rstdp + i * groups, wp, bp, c, groups, a.data(), b.data());
+      const float* __restrict ap = a.data();
+      const float* __restrict bcp = b.data();
+      for (int64_t p = 0; p < hw; ++p) {
+        const uint16_t* __restrict row = xb + p * c;
+        uint16_t* __restrict out = yb + p * c;
+        if (silu) {
+#pragma omp simd
+          for (int64_t k = 0; k < c; ++k) {
+            const float v = bf16_to_float(row[k]) * ap[k] + bcp[k];
+            out[k] = float_to_bf16(v * sigmoid(v));
+          }
+        } else {
+#pragma omp simd
+          for (int64_t k = 0; k < c; ++k) out[k] = float_to_bf16(bf16_to_float(row[k]) * ap[k] + bcp[k]);
+        }
+      }
+    }
+  });
+  return {y, mean, rstd};
+}
+
+std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
+                                 const at::Tensor& rstd, const at::Tensor& weight, const at::Tensor& bias,
+                                 int64_t groups, bool silu) {
+  check_inputs(x, weight, bias, groups);
+  TORCH_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == at::kBFloat16 &&
+                  grad.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "fused GroupNorm backward expects a channels_last bfloat16 gradient shaped like the input");
+  const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3), cg = c / groups;
+  auto dx = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  auto dweight_per_image = at::empty({n, c}, weight.options());
+  auto dbias_per_image = at::empty({n, c}, weight.options());
+  const auto* gp = reinterpret_cast<const uint16_t*>(grad.data_ptr<at::BFloat16>());
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  auto* dxp = reinterpret_cast<uint16_t*>(dx.data_ptr<at::BFloat16>());
+  const float* wp = weight.data_ptr<float>();
+  const float* bp = bias.data_ptr<float>();
+  const float* meanp = mean.data_ptr<float>();
+  const float* rstdp = rstd.data_ptr<float>();
+  float* dwp = dweight_per_image.data_ptr<float>();
+  float* dbp = dbias_per_image.data_ptr<float>();
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    // dy of the whole image (float32 [hw, c]) is kept between the two passes so exp runs once per value.
+    std::vector<float> dy_buf(silu ? hw * c : 0), a(c), b(c), sdy(c), sdyx(c), c1(c), c2(groups), c3(groups);
+    for (int64_t i = begin; i < end; ++i) {
+      const uint16_t* xb = xp + i * hw * c;
+      const uint16_t* gb = gp + i * hw * c;
+      uint16_t* __restrict dxb = dxp + i * hw * c;
+      const float* gmean = meanp + i * groups;
+      const float* grstd = rstdp + i * groups;
+      affine_coefficients(gmean, grstd, wp, bp, c, groups, a.data(), b.data());
+      float* __restrict sdyp = sdy.data();
+      float* __restrict sdyxp = sdyx.data();
+      const float* __restrict ap = a.data();
+      const float* __restrict bcp = b.data();
+      for (int64_t k = 0; k < c; ++k) sdyp[k] = sdyxp[k] = 0.f;
+      for (int64_t p = 0; p < hw; ++p) {
+        const uint16_t* __restrict xrow = xb + p * c;
+        const uint16_t* __restrict grow = gb + p * c;
+        if (silu) {
+          float* __restrict dyrow = dy_buf.data() + p * c;
+#pragma omp simd
+          for (int64_t k = 0; k < c; ++k) {
+            const float v = bf16_to_float(xrow[k]);
+            const float yv = v * ap[k] + bcp[k];
+            const float sg = sigmoid(yv);
+            const float d = bf16_to_float(grow[k]) * sg * (1.f + yv * (1.f - sg));
+            dyrow[k] = d;
+            sdyp[k] += d;
+            sdyxp[k] += d * v;
+          }
+        } else {
+#pragma omp simd
+          for (int64_t k = 0; k < c; ++k) {
+            const float d = bf16_to_float(grow[k]);
+            sdyp[k] += d;
+            sdyxp[k] += d * bf16_to_float(xrow[k]);
+          }
+        }
+      }
+      for (int64_t g = 0; g < groups; ++g) {
+        double ds = 0.0, db = 0.0;
+        for (int64_t k = g * cg; k < (g + 1) * cg; ++k) {
+          ds += static_cast<double>(sdyxp[k]) * wp[k];
+          db += static_cast<double>(sdyp[k]) * wp[k];
+          dwp[i * c + k] = (sdyxp[k] - gmean[g] * sdyp[k]) * grstd[g];
+          dbp[i * c + k] = sdyp[k];
+          c1[k] = grstd[g] * wp[k];
+        }
+        const double r = grstd[g], m = gmean[g], inv_n = 1.0 / static_cast<double>(cg * hw);
+        const double k2 = (db * m - ds) * r * r * r * inv_n;
+        c2[g] = static_cast<float>(k2);
+        c3[g] = static_cast<float>(-k2 * m - db * r * inv_n);
+      }
+      // Per-channel c2 / c3 so the inner loop runs over all channels at once.
+      std::vector<float>& c2k = a;
+      std::vector<float>& c3k = b;
+      for (int64_t k = 0; k < c; ++k) {
+        c2k[k] = c2[k / cg];
+        c3k[k] = c3[k / cg];
+      }
+      const float* __restrict c1p = c1.data();
+      const float* __restrict c2p = c2k.data();
+      const float* __restrict c3p = c3k.data();
+      for (int64_t p = 0; p < hw; ++p) {
+        const uint16_t* __restrict xrow = xb + p * c;
+        uint16_t* __restrict out = dxb + p * c;
+        if (silu) {
+          const float* __restrict dyrow = dy_buf.data() + p * c;
+#pragma omp simd
+          for (int64_t k = 0; k < c; ++k)
+            out[k] = float_to_bf16(c1p[k] * dyrow[k] + c2p[k] * bf16_to_float(xrow[k]) + c3p[k]);
+        } else {
+          const uint16_t* __restrict grow = gb + p * c;
+#pragma omp simd
+          for (int64_t k = 0; k < c; ++k)
+            out[k] = float_to_bf16(c1p[k] * bf16_to_float(grow[k]) + c2p[k] * bf16_to_float(xrow[k]) + c3p[k]);
+        }
+      }
+    }
+  });
+  return {dx, dweight_per_image.sum(0), dbias_per_image.sum(0)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(diffusionlab_gn, m) {
+  m.def("forward(Tensor x, Tensor weight, Tensor bias, int groups, float eps, bool silu) -> Tensor[]");
+  m.def(
+      "backward(Tensor grad, Tensor x, Tensor mean, Tensor rstd, Tensor weight, Tensor bias, int groups, "
+      "bool silu) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(diffusionlab_gn, CPU, m) {
+  m.impl("forward", &forward);
+  m.impl("backward", &backward);
+}

@@ -1,0 +1,101 @@
+"""The fused channels_last bfloat16 GroupNorm (+ SiLU) kernel against float32 PyTorch and against the NCHW detour."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffusionlab.nets import fused_group_norm
+from diffusionlab.nets.blocks import _group_norm_nchw
+from tests.helpers import require_fused_group_norm
+
+
+@pytest.fixture(autouse=True)
+def kernel():
+    require_fused_group_norm()
+
+
+def channels_last_bf16(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+
+
+def reference(x, groups, weight, bias, eps, silu, grad):
+    """float32 PyTorch: output and the gradients of (output * grad).sum() in x, weight, bias."""
+    x32, w32, b32 = (t.detach().float().requires_grad_() for t in (x, weight, bias))
+    y = F.group_norm(x32, groups, w32, b32, eps)
+    y = F.silu(y) if silu else y
+    y.backward(grad.float())
+    return y.detach(), x32.grad, w32.grad, b32.grad
+
+
+# Shapes of the UNets (64 channels in 32 groups at 28x28) and odd ones: channel counts that are no multiple of
+# the vector width, one group, one channel per group, 1x1 images, a batch of one.
+SHAPES = [((6, 64, 28, 28), 32), ((2, 24, 5, 7), 3), ((3, 20, 4, 4), 1), ((2, 8, 3, 3), 8), ((1, 48, 1, 1), 4)]
+
+
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize(("shape", "groups"), SHAPES)
+def test_fused_matches_float32_forward_and_backward(shape, groups, silu):
+    torch.manual_seed(0)
+    x = channels_last_bf16(2.5 + 3 * torch.randn(shape))  # mean far from 0: the statistics must not cancel
+    weight, bias = 1 + 0.3 * torch.randn(shape[1]), 0.5 * torch.randn(shape[1])
+    grad = channels_last_bf16(torch.randn(shape))
+    eps = 1e-6
+    xg, wg, bg = (t.clone().requires_grad_() for t in (x, weight, bias))
+    out = fused_group_norm.fused_group_norm(xg, groups, wg, bg, eps, silu)
+    out.backward(grad)
+    y, dx, dw, db = reference(x, groups, weight, bias, eps, silu, grad)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    assert xg.grad.dtype == torch.bfloat16 and xg.grad.is_contiguous(memory_format=torch.channels_last)
+    # bfloat16 storage: 8 bits of mantissa, so 2^-8 relative plus a little for the statistics.
+    torch.testing.assert_close(out.float(), y, atol=1e-2, rtol=8e-3)
+    if shape[2] * shape[3] * shape[1] // groups > 1:  # one value per group: x - mean = 0, no gradient to compare
+        torch.testing.assert_close(xg.grad.float(), dx, atol=1e-2 * dx.abs().max().item(), rtol=1e-2)
+    torch.testing.assert_close(wg.grad, dw, atol=1e-3 * dw.abs().max().item() + 1e-5, rtol=1e-3)
+    torch.testing.assert_close(bg.grad, db, atol=1e-3 * db.abs().max().item() + 1e-5, rtol=1e-3)
+
+
+@pytest.mark.parametrize("silu", [False, True])
+def test_fused_agrees_with_the_nchw_detour(silu):
+    """Both bf16 routes give the same output to within a bf16 rounding step of the larger values."""
+    torch.manual_seed(1)
+    x = channels_last_bf16(torch.randn(4, 64, 14, 14))
+    weight, bias = torch.randn(64), torch.randn(64)
+    fused = fused_group_norm.fused_group_norm(x, 32, weight, bias, 1e-5, silu)
+    detour = _group_norm_nchw(x, 32, weight, bias, 1e-5, silu)
+    assert (fused.float() - detour.float()).abs().max() <= 2**-7 * detour.float().abs().max()
+
+
+def test_bf16_parameters_get_bf16_gradients():
+    """A network cast to bfloat16 as a whole (weights too) trains through the kernel."""
+    x = channels_last_bf16(torch.randn(2, 16, 6, 6)).requires_grad_()
+    weight = torch.ones(16, dtype=torch.bfloat16, requires_grad=True)
+    bias = torch.zeros(16, dtype=torch.bfloat16, requires_grad=True)
+    fused_group_norm.fused_group_norm(x, 4, weight, bias, 1e-5, True).sum().backward()
+    assert weight.grad.dtype == bias.grad.dtype == torch.bfloat16
+    assert torch.isfinite(x.grad).all() and x.grad.abs().max() > 0
+
+
+def test_kernel_refuses_inputs_it_does_not_handle():
+    w, b = torch.ones(8), torch.zeros(8)
+    float32 = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="CPU bfloat16"):
+        torch.ops.diffusionlab_gn.forward(float32, w, b, 2, 1e-5, False)
+    with pytest.raises(RuntimeError, match="channels_last"):
+        torch.ops.diffusionlab_gn.forward(torch.randn(2, 8, 4, 4, dtype=torch.bfloat16), w, b, 2, 1e-5, False)
+    with pytest.raises(RuntimeError, match="do not split into 3 groups"):
+        x = channels_last_bf16(torch.randn(2, 8, 4, 4))
+        torch.ops.diffusionlab_gn.forward(x, w, b, 3, 1e-5, False)
+    assert not fused_group_norm.applies(torch.randn(2, 8, 4, 4, dtype=torch.bfloat16))  # NCHW: not for the kernel
+    assert fused_group_norm.applies(channels_last_bf16(torch.randn(2, 8, 4, 4)))
+
+
+def test_switch_turns_the_kernel_off():
+    code = "from diffusionlab.nets import fused_group_norm as f; print(f.available())"
+    env = {"DIFFUSIONLAB_FUSED_GROUPNORM": "0", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
