@@ -46,6 +46,15 @@ def _build_name() -> str:
     return f"diffusionlab_gn_{digest.hexdigest()[:12]}"
 
 
+def _built(name: str) -> bool:
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        return (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists()
+    except Exception:  # a private helper of PyTorch's: if it moves, only the message is affected
+        return False
+
+
 @cache
 def available() -> bool:
     """True once the kernel is compiled and loaded (``torch.ops.diffusionlab_gn``); False, with the reason
@@ -63,7 +72,8 @@ def available() -> bool:
             except ImportError:
                 pass
         name = _build_name()
-        print(f"diffusionlab: loading fused GroupNorm kernel {name} (built once per machine)", file=sys.stderr)
+        if not _built(name):
+            print(f"diffusionlab: building fused GroupNorm kernel {name} (once per machine, ~15 s)", file=sys.stderr)
         load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS, is_python_module=False, verbose=False)
     except Exception as error:  # no compiler, no ninja, read-only cache...: the NCHW detour still works
         warnings.warn(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusionlab.nets.blocks import GroupNorm
+
 
 class ResnetBlock(nn.Module):
     """GroupNorm-SiLU-conv3x3 twice with a residual; ``in_ch -> out_ch`` (1x1 conv on the skip when they
@@ -25,21 +27,21 @@ class ResnetBlock(nn.Module):
     ):
         super().__init__()
         out_ch = out_ch or in_ch
-        self.norm1 = nn.GroupNorm(groups, in_ch, eps=eps)
+        self.norm1 = GroupNorm(groups, in_ch, eps=eps, silu=True)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.time_proj = nn.Linear(time_dim, out_ch) if time_dim else None
-        self.norm2 = nn.GroupNorm(groups, out_ch, eps=eps)
+        self.norm2 = GroupNorm(groups, out_ch, eps=eps, silu=True)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(self.norm1(x))
         if self.time_proj is not None:
             if temb is None:
                 raise ValueError("this block was built with a time embedding; pass temb [B, time_dim]")
             h = h + self.time_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv2(self.dropout(self.norm2(h)))
         return self.skip(x) + h
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusionlab.nets.attention import Attention
+from diffusionlab.nets.blocks import GroupNorm
 from diffusionlab.nets.ldm_blocks import Downsample, ResnetBlock, Upsample
 from diffusionlab.utils.seeding import randn
 
@@ -83,7 +83,7 @@ class SpatialSelfAttention(Attention):
 
     def __init__(self, channels: int, groups: int = 32):
         super().__init__(channels, heads=1, qkv_bias=True)
-        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.norm = GroupNorm(groups, channels, eps=1e-6)
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
@@ -151,7 +151,7 @@ class Encoder(nn.Module):
             for i, w in enumerate(widths)
         )
         self.mid = MidBlock(widths[-1], mid_attention, groups)
-        self.norm_out = nn.GroupNorm(groups, widths[-1], eps=1e-6)
+        self.norm_out = GroupNorm(groups, widths[-1], eps=1e-6, silu=True)
         self.conv_out = nn.Conv2d(widths[-1], 2 * z_channels if double_z else z_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -159,7 +159,7 @@ class Encoder(nn.Module):
         for level in self.down:
             x = level(x)
         x = self.mid(x)
-        return self.conv_out(F.silu(self.norm_out(x)))
+        return self.conv_out(self.norm_out(x))
 
 
 class Decoder(nn.Module):
@@ -185,14 +185,14 @@ class Decoder(nn.Module):
             Level(widths[max(k - 1, 0)], w, num_res_blocks + 1, groups, "up" if k < last else None)
             for k, w in enumerate(widths)
         )
-        self.norm_out = nn.GroupNorm(groups, widths[-1], eps=1e-6)
+        self.norm_out = GroupNorm(groups, widths[-1], eps=1e-6, silu=True)
         self.conv_out = nn.Conv2d(widths[-1], out_channels, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
         x = self.mid(self.conv_in(z))
         for level in self.up:
             x = level(x)
-        return self.conv_out(F.silu(self.norm_out(x)))
+        return self.conv_out(self.norm_out(x))
 
 
 class AutoencoderKL(nn.Module):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusionlab.nets.attention import Attention
+from diffusionlab.nets.blocks import GroupNorm
 
 
 class GEGLUFeedForward(nn.Module):
@@ -53,7 +54,7 @@ class SpatialTransformer(nn.Module):
 
     def __init__(self, channels: int, heads: int, context_dim: int, depth: int = 1, groups: int = 32):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.norm = GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Conv2d(channels, channels, 1)
         self.blocks = nn.ModuleList(TransformerBlock(channels, heads, context_dim) for _ in range(depth))
         self.proj_out = nn.Conv2d(channels, channels, 1)

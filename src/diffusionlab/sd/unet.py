@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusionlab.nets.blocks import GroupNorm
 from diffusionlab.nets.ldm_blocks import Downsample, ResnetBlock, Upsample
 from diffusionlab.sd.attention import SpatialTransformer
 from diffusionlab.sd.config import UNetConfig
@@ -108,7 +109,7 @@ class UNet(nn.Module):
                 ch = out
             self.up.append(UNetLevel(in_chs, out, cfg, cfg.attention_levels[i], "up" if i else None))
 
-        self.norm_out = nn.GroupNorm(cfg.norm_groups, ch, eps=UNET_NORM_EPS)
+        self.norm_out = GroupNorm(cfg.norm_groups, ch, eps=UNET_NORM_EPS, silu=True)
         self.conv_out = nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
 
     def forward(self, z: Tensor, t: Tensor, context: Tensor) -> Tensor:
@@ -136,4 +137,4 @@ class UNet(nn.Module):
                 x = level.block(j, torch.cat([x, skips.pop()], dim=1), temb, context)
             if level.upsample is not None:
                 x = level.upsample(x, size=skips[-1].shape[-2:])
-        return self.conv_out(F.silu(self.norm_out(x)))
+        return self.conv_out(self.norm_out(x))
