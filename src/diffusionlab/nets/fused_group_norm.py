@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("kernels") / "group_norm_nhwc.cpp"
-CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd"]
+CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp-simd"]
 ENV_SWITCH = "DIFFUSIONLAB_FUSED_GROUPNORM"
 
 
