@@ -186,7 +186,14 @@ def test_sigkill_then_resume_keeps_the_wandb_run_id(data_dir, tmp_path, monkeypa
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run}", f"paths.log_dir={tmp_path}"],
         cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", faults.FAULT_ENV: "train_step:3"},
+        # Without WANDB_SERVICE: a W&B service this worker started in an earlier test would otherwise also serve
+        # the child and keep the killed child's run open ("run ID ... is in use" on resume).
+        env={
+            **{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"},
+            "OMP_NUM_THREADS": "1",
+            "HYDRA_FULL_ERROR": "0",
+            faults.FAULT_ENV: "train_step:3",
+        },
         capture_output=True,
         text=True,
         timeout=600,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -99,3 +100,36 @@ def test_switch_turns_the_kernel_off():
     env = {"DIFFUSIONLAB_FUSED_GROUPNORM": "0", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_without_a_compiler_the_detour_is_used_with_a_warning(tmp_path):
+    """No C++ compiler on PATH and an empty extensions folder: the build fails, a warning says why and what is
+    used instead, and GroupNorm still works (the NCHW detour)."""
+    code = (
+        "import torch, warnings\n"
+        "from diffusionlab.nets.blocks import GroupNorm\n"
+        "from diffusionlab.nets import fused_group_norm as f\n"
+        "x = torch.randn(2, 8, 4, 4).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)\n"
+        "y = GroupNorm(2, 8, silu=True)(x.requires_grad_())\n"
+        "y.sum().backward()\n"
+        "print(f.available(), y.dtype, y.is_contiguous(memory_format=torch.channels_last), x.grad.shape)\n"
+    )
+    env = {"PATH": str(tmp_path / "empty"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "torch.bfloat16", "True", "torch.Size([2,", "8,", "4,", "4])"]
+    assert "could not be built" in out.stderr and "NCHW copy instead" in out.stderr
+
+
+def test_a_killed_build_leaves_no_lock_that_blocks_the_next(tmp_path):
+    """cpp_extension's own lock file, left behind by a build killed half-way, would make every later load wait
+    for ever; under our flock it is known to be stale and removed, so a fresh build completes."""
+    code = (
+        "from diffusionlab.nets import fused_group_norm as f\n"
+        "(f._build_dir(f._build_name()) / 'lock').write_text('')\n"
+        "print(f.available())\n"
+    )
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-2000:]
+    assert "building fused GroupNorm kernel" in out.stderr

@@ -10,11 +10,13 @@ The kernel is built once per machine (~15 s, g++ and ninja; ``-march=native``, s
 carries a hash of the source, the flags and the CPU's feature flags) into PyTorch's extensions folder
 (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). Without a compiler, or with
 ``DIFFUSIONLAB_FUSED_GROUPNORM=0``, :func:`available` is False and callers keep the NCHW detour; the reason is
-printed once.
+printed once. Processes that start together build it once (``utils.locks.file_lock`` on the build folder; a
+build killed half-way leaves no lock that blocks the next one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -25,6 +27,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from diffusionlab.utils.locks import file_lock
 
 SOURCE = Path(__file__).with_name("kernels") / "group_norm_nhwc.cpp"
 CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp-simd"]
@@ -46,13 +50,14 @@ def _build_name() -> str:
     return f"diffusionlab_gn_{digest.hexdigest()[:12]}"
 
 
-def _built(name: str) -> bool:
+def _build_dir(name: str) -> Path | None:
+    """The folder cpp_extension builds ``name`` in (created), or None if PyTorch's private helper moved."""
     try:
         from torch.utils.cpp_extension import _get_build_directory
 
-        return (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists()
-    except Exception:  # a private helper of PyTorch's: if it moves, only the message is affected
-        return False
+        return Path(_get_build_directory(name, verbose=False))
+    except Exception:
+        return None
 
 
 @cache
@@ -72,9 +77,17 @@ def available() -> bool:
             except ImportError:
                 pass
         name = _build_name()
-        if not _built(name):
-            print(f"diffusionlab: building fused GroupNorm kernel {name} (once per machine, ~15 s)", file=sys.stderr)
-        load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS, is_python_module=False, verbose=False)
+        build_dir = _build_dir(name)
+        with file_lock(build_dir) if build_dir else contextlib.nullcontext():
+            if build_dir:
+                # We hold the only build lock, so cpp_extension's own lock file there is a killed build's
+                # leftover, which would make load() wait for ever.
+                (build_dir / "lock").unlink(missing_ok=True)
+            if not (build_dir and (build_dir / f"{name}.so").exists()):
+                print(
+                    f"diffusionlab: building fused GroupNorm kernel {name} (once per machine, ~15 s)", file=sys.stderr
+                )
+            load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS, is_python_module=False, verbose=False)
     except Exception as error:  # no compiler, no ninja, read-only cache...: the NCHW detour still works
         warnings.warn(
             f"diffusionlab: the fused GroupNorm kernel could not be built ({type(error).__name__}: {error}); "
