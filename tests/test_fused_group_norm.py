@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusionlab.nets import fused_group_norm
-from diffusionlab.nets.blocks import _group_norm_nchw
+from diffusionlab.nets.blocks import GroupNorm, _group_norm_nchw
 from tests.helpers import require_fused_group_norm
 
 
@@ -24,13 +24,14 @@ def channels_last_bf16(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
 
 
-def reference(x, groups, weight, bias, eps, silu, grad):
-    """float32 PyTorch: output and the gradients of (output * grad).sum() in x, weight, bias."""
+def reference(x, groups, weight, bias, eps, silu, grad, offset=None):
+    """float32 PyTorch: output and the gradients of (output * grad).sum() in x, weight, bias (and offset)."""
     x32, w32, b32 = (t.detach().float().requires_grad_() for t in (x, weight, bias))
-    y = F.group_norm(x32, groups, w32, b32, eps)
+    o32 = None if offset is None else offset.detach().float().requires_grad_()
+    y = F.group_norm(x32 if o32 is None else x32 + o32[:, :, None, None], groups, w32, b32, eps)
     y = F.silu(y) if silu else y
     y.backward(grad.float())
-    return y.detach(), x32.grad, w32.grad, b32.grad
+    return y.detach(), x32.grad, w32.grad, b32.grad, None if o32 is None else o32.grad
 
 
 # Shapes of the UNets (64 channels in 32 groups at 28x28) and odd ones: channel counts that are no multiple of
@@ -38,18 +39,23 @@ def reference(x, groups, weight, bias, eps, silu, grad):
 SHAPES = [((6, 64, 28, 28), 32), ((2, 24, 5, 7), 3), ((3, 20, 4, 4), 1), ((2, 8, 3, 3), 8), ((1, 48, 1, 1), 4)]
 
 
+@pytest.mark.parametrize("with_offset", [False, True])
 @pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize(("shape", "groups"), SHAPES)
-def test_fused_matches_float32_forward_and_backward(shape, groups, silu):
+def test_fused_matches_float32_forward_and_backward(shape, groups, silu, with_offset):
     torch.manual_seed(0)
     x = channels_last_bf16(2.5 + 3 * torch.randn(shape))  # mean far from 0: the statistics must not cancel
     weight, bias = 1 + 0.3 * torch.randn(shape[1]), 0.5 * torch.randn(shape[1])
+    offset = 2 * torch.randn(shape[:2]) if with_offset else None  # a time embedding, [B, C]
     grad = channels_last_bf16(torch.randn(shape))
     eps = 1e-6
     xg, wg, bg = (t.clone().requires_grad_() for t in (x, weight, bias))
-    out = fused_group_norm.fused_group_norm(xg, groups, wg, bg, eps, silu)
+    og = None if offset is None else offset.clone().requires_grad_()
+    out = fused_group_norm.fused_group_norm(xg, groups, wg, bg, eps, silu, og)
     out.backward(grad)
-    y, dx, dw, db = reference(x, groups, weight, bias, eps, silu, grad)
+    y, dx, dw, db, do = reference(x, groups, weight, bias, eps, silu, grad, offset)
+    if with_offset:
+        torch.testing.assert_close(og.grad, do, atol=1e-2 * do.abs().max().item() + 1e-4, rtol=1e-2)
     assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
     assert xg.grad.dtype == torch.bfloat16 and xg.grad.is_contiguous(memory_format=torch.channels_last)
     # bfloat16 storage: 8 bits of mantissa, so 2^-8 relative plus a little for the statistics.
@@ -71,6 +77,29 @@ def test_fused_agrees_with_the_nchw_detour(silu):
     assert (fused.float() - detour.float()).abs().max() <= 2**-7 * detour.float().abs().max()
 
 
+def test_silu_saturates_exactly_for_extreme_inputs():
+    """exp's argument is clamped, so SiLU gives 0 far below zero and x far above, not overflowed garbage."""
+    x = channels_last_bf16(torch.tensor([-1e4, -200.0, -90.0, -20.0, 0.0, 20.0, 90.0, 1e4]).reshape(1, 8, 1, 1))
+    # One channel per group and a 1x1 image normalise every value to 0; weight 0 and bias = x pass x through.
+    out = fused_group_norm.fused_group_norm(x, 8, torch.zeros(8), x.float().flatten(), 1e-5, True)
+    torch.testing.assert_close(out.float(), F.silu(x.float()), atol=1e-6, rtol=8e-3)
+
+
+@pytest.mark.parametrize("route", ["fused", "nchw_detour", "float32"])
+def test_groupnorm_module_offset_equals_adding_it_first(route, monkeypatch):
+    """``GroupNorm(x, offset)`` is ``GroupNorm(x + offset[:, :, None, None])`` on every route."""
+    if route == "nchw_detour":
+        monkeypatch.setattr(fused_group_norm, "available", lambda: False)
+    torch.manual_seed(2)
+    norm = GroupNorm(4, 16, silu=True)
+    x, offset = torch.randn(3, 16, 5, 5), torch.randn(3, 16)
+    if route != "float32":
+        x, offset = channels_last_bf16(x), offset.to(torch.bfloat16)
+    assert GroupNorm.fuses(x) == (route == "fused")
+    expected = norm(x + offset[:, :, None, None])
+    torch.testing.assert_close(norm(x, offset=offset).float(), expected.float(), atol=2e-2, rtol=1e-2)
+
+
 def test_bf16_parameters_get_bf16_gradients():
     """A network cast to bfloat16 as a whole (weights too) trains through the kernel."""
     x = channels_last_bf16(torch.randn(2, 16, 6, 6)).requires_grad_()
@@ -85,12 +114,15 @@ def test_kernel_refuses_inputs_it_does_not_handle():
     w, b = torch.ones(8), torch.zeros(8)
     float32 = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
     with pytest.raises(RuntimeError, match="CPU bfloat16"):
-        torch.ops.diffusionlab_gn.forward(float32, w, b, 2, 1e-5, False)
+        torch.ops.diffusionlab_gn.forward(float32, w, b, None, 2, 1e-5, False)
     with pytest.raises(RuntimeError, match="channels_last"):
-        torch.ops.diffusionlab_gn.forward(torch.randn(2, 8, 4, 4, dtype=torch.bfloat16), w, b, 2, 1e-5, False)
+        torch.ops.diffusionlab_gn.forward(torch.randn(2, 8, 4, 4, dtype=torch.bfloat16), w, b, None, 2, 1e-5, False)
     with pytest.raises(RuntimeError, match="do not split into 3 groups"):
         x = channels_last_bf16(torch.randn(2, 8, 4, 4))
-        torch.ops.diffusionlab_gn.forward(x, w, b, 3, 1e-5, False)
+        torch.ops.diffusionlab_gn.forward(x, w, b, None, 3, 1e-5, False)
+    with pytest.raises(RuntimeError, match="offset of shape"):
+        x = channels_last_bf16(torch.randn(2, 8, 4, 4))
+        torch.ops.diffusionlab_gn.forward(x, w, b, torch.ones(2, 4), 2, 1e-5, False)
     assert not fused_group_norm.applies(torch.randn(2, 8, 4, 4, dtype=torch.bfloat16))  # NCHW: not for the kernel
     assert fused_group_norm.applies(channels_last_bf16(torch.randn(2, 8, 4, 4)))
 

@@ -71,18 +71,28 @@ class GroupNorm(nn.GroupNorm):
         super().__init__(num_groups, num_channels, eps=eps)
         self.silu = silu
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, offset: Tensor | None = None) -> Tensor:
+        """``[B, C, H, W] -> [B, C, H, W]``: GroupNorm (+ SiLU) of ``x + offset[:, :, None, None]``; ``offset``
+        ``[B, C]`` (a UNet's time-embedding projection) is added inside the fused kernel when it runs, so the
+        sum is never stored."""
+        if self.fuses(x):
+            return fused_group_norm.fused_group_norm(
+                x, self.num_groups, self.weight, self.bias, self.eps, self.silu, offset
+            )
+        if offset is not None:
+            x = x + offset[:, :, None, None]
         # inductor fuses GroupNorm + SiLU itself, in any layout; float32: the native kernels are as fast (measured)
         if not torch.compiler.is_compiling() and fused_group_norm.applies(x):
-            if fused_group_norm.available():
-                return fused_group_norm.fused_group_norm(
-                    x, self.num_groups, self.weight, self.bias, self.eps, self.silu
-                )
             if torch.is_grad_enabled():
                 return _GroupNormNCHWBackward.apply(x, self.weight, self.bias, self.num_groups, self.eps, self.silu)
             return _group_norm_nchw(x, self.num_groups, self.weight, self.bias, self.eps, self.silu)
         y = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return F.silu(y) if self.silu else y
+
+    @staticmethod
+    def fuses(x: Tensor) -> bool:
+        """Whether ``forward(x)`` runs the fused kernel (CPU bf16 channels_last, kernel built, not compiling)."""
+        return not torch.compiler.is_compiling() and fused_group_norm.applies(x) and fused_group_norm.available()
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", silu=True" if self.silu else "")
@@ -118,8 +128,10 @@ class ResBlock(nn.Module):
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
-        h = _add(self.conv1(self.norm1(x)), self.temb_proj(temb)[:, :, None, None])
-        h = self.conv2(self.dropout(self.norm2(h)))
+        h, offset = self.conv1(self.norm1(x)), self.temb_proj(temb)  # [B, out_ch, H, W], [B, out_ch]
+        if not self.norm2.fuses(h):  # add it here, in place where that pays; the kernel adds it on the fly
+            h, offset = _add(h, offset[:, :, None, None]), None
+        h = self.conv2(self.dropout(self.norm2(h, offset=offset)))
         return _add(h, x if self.shortcut is None else self.shortcut(x))
 
 

@@ -110,25 +110,32 @@ def applies(x: Tensor) -> bool:
 
 
 class _FusedGroupNorm(torch.autograd.Function):
-    """Autograd wrapper of the kernel; saves the input and the per-group mean and rstd (not the output)."""
+    """Autograd wrapper of the kernel; saves the input, the offset and the per-group mean and rstd (not the
+    output)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float, silu: bool) -> Tensor:
+    def forward(ctx, x, weight, bias, offset, groups: int, eps: float, silu: bool) -> Tensor:
         w32, b32 = weight.float().contiguous(), bias.float().contiguous()
-        y, mean, rstd = torch.ops.diffusionlab_gn.forward(x, w32, b32, groups, eps, silu)
-        ctx.save_for_backward(x, mean, rstd, w32, b32)
+        o32 = None if offset is None else offset.float().contiguous()
+        y, mean, rstd = torch.ops.diffusionlab_gn.forward(x, w32, b32, o32, groups, eps, silu)
+        ctx.save_for_backward(x, mean, rstd, w32, b32, o32)
         ctx.groups, ctx.silu, ctx.param_dtype = groups, silu, weight.dtype
+        ctx.offset_dtype = None if offset is None else offset.dtype
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, mean, rstd, w32, b32 = ctx.saved_tensors
+        x, mean, rstd, w32, b32, o32 = ctx.saved_tensors
         grad = grad.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-        dx, dw, db = torch.ops.diffusionlab_gn.backward(grad, x, mean, rstd, w32, b32, ctx.groups, ctx.silu)
-        return dx, dw.to(ctx.param_dtype), db.to(ctx.param_dtype), None, None, None
+        dx, dw, db, do = torch.ops.diffusionlab_gn.backward(grad, x, mean, rstd, w32, b32, o32, ctx.groups, ctx.silu)
+        do = None if o32 is None else do.to(ctx.offset_dtype)
+        return dx, dw.to(ctx.param_dtype), db.to(ctx.param_dtype), do, None, None, None
 
 
-def fused_group_norm(x: Tensor, groups: int, weight: Tensor, bias: Tensor, eps: float, silu: bool) -> Tensor:
-    """GroupNorm (then SiLU when ``silu``) of a channels_last bfloat16 ``[B, C, H, W]`` tensor; returns the same
-    shape, dtype and layout. Needs :func:`available` and :func:`applies`; differentiable in x, weight, bias."""
-    return _FusedGroupNorm.apply(x, weight, bias, groups, eps, silu)
+def fused_group_norm(
+    x: Tensor, groups: int, weight: Tensor, bias: Tensor, eps: float, silu: bool, offset: Tensor | None = None
+) -> Tensor:
+    """GroupNorm of ``x + offset[:, :, None, None]`` (then SiLU when ``silu``) for a channels_last bfloat16
+    ``[B, C, H, W]`` tensor ``x`` and an optional ``offset [B, C]`` (any float dtype); returns ``x``'s shape,
+    dtype and layout. Needs :func:`available` and :func:`applies`; differentiable in x, weight, bias, offset."""
+    return _FusedGroupNorm.apply(x, weight, bias, offset, groups, eps, silu)

@@ -37,11 +37,12 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
         h = self.conv1(self.norm1(x))
+        offset = None
         if self.time_proj is not None:
             if temb is None:
                 raise ValueError("this block was built with a time embedding; pass temb [B, time_dim]")
-            h = h + self.time_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(self.norm2(h)))
+            offset = self.time_proj(F.silu(temb))  # [B, out_ch], added to h inside norm2
+        h = self.conv2(self.dropout(self.norm2(h, offset=offset)))
         return self.skip(x) + h
 
 

@@ -1,17 +1,20 @@
 // Fused GroupNorm (+ optional SiLU) forward and backward for channels_last bfloat16 tensors on the CPU.
 //
 // x, y, grad and dx are [B, C, H, W] tensors stored channels_last, i.e. one [H*W, C] row-major slab per image.
-// weight and bias are float32 [C]; mean and rstd are float32 [B, G]. Statistics and every intermediate are
+// weight and bias are float32 [C]; mean and rstd are float32 [B, G]. An optional float32 `offset` [B, C] is
+// added to x per image and channel before normalising (a UNet's time embedding: GroupNorm(h + temb) without
+// materialising the sum); offset = 0 below when it is absent. Statistics and every intermediate are
 // float32 (per-channel sums over H*W, combined into groups in double); only the stored outputs are bfloat16,
 // rounded to nearest even. One image per task of at::parallel_for, so the op shares PyTorch's thread pool.
 //
 // Forward, per image b and group g (Cg = C / G channels, N = Cg * H * W values):
-//   mean, rstd = mean and 1 / sqrt(var + eps) of the group's values (biased variance, as nn.GroupNorm)
-//   y = (x - mean) * rstd * weight[c] + bias[c];  out = silu ? y * sigmoid(y) : y
+//   u = x + offset[b, c];  mean, rstd = mean and 1 / sqrt(var + eps) of the group's u (biased, as nn.GroupNorm)
+//   y = (u - mean) * rstd * weight[c] + bias[c];  out = silu ? y * sigmoid(y) : y
 // Backward: dy = grad (times silu'(y) = s * (1 + y * (1 - s)) when silu, s = sigmoid(y), y recomputed from x),
-//   dbias[c] = sum dy,  dweight[c] = sum dy * (x - mean) * rstd   (over images and positions)
-//   dx = rstd * weight[c] * dy + c2 * x + c3 with, per group, ds = sum dy * weight * x, db = sum dy * weight,
-//   c2 = (db * mean - ds) * rstd^3 / N and c3 = -c2 * mean - db * rstd / N (PyTorch's GroupNorm backward).
+//   dbias[c] = sum dy,  dweight[c] = sum dy * (u - mean) * rstd   (over images and positions)
+//   du = rstd * weight[c] * dy + c2 * u + c3 with, per group, ds = sum dy * weight * u, db = sum dy * weight,
+//   c2 = (db * mean - ds) * rstd^3 / N and c3 = -c2 * mean - db * rstd / N (PyTorch's GroupNorm backward);
+//   dx = du and doffset[b, c] = sum over positions of du.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -20,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 namespace {
@@ -38,16 +42,15 @@ inline uint16_t float_to_bf16(float f) {  // round to nearest even (finite input
   return static_cast<uint16_t>(u >> 16);
 }
 
-// exp(x) for x <= 88 as 2^n * 2^f, |f| <= 1/2, 2^f by a degree-6 polynomial (relative error < 3e-7, far below
-// bfloat16's 4e-3): inline, so the loops vectorise without a call into libm. Below -87 it returns ~0.
+// exp(x) as 2^n * 2^f, |f| <= 1/2, 2^f by its degree-4 Taylor polynomial (relative error < 1e-4, far below
+// bfloat16's 4e-3): inline, so the loops vectorise without a call into libm. x is clamped to [-87, 88], so
+// sigmoid() below stays exact at its limits (0 and 1) instead of overflowing the exponent bits.
 inline float exp_approx(float x) {
-  x = x < -87.f ? -87.f : x;
+  x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
   const float t = x * 1.44269504088896341f;
   const float n = std::floor(t + 0.5f);
   const float f = t - n;
-  float p = 1.5403530393381606e-4f;
-  p = p * f + 1.3333558146428443e-3f;
-  p = p * f + 9.6181291076284772e-3f;
+  float p = 9.6181291076284772e-3f;
   p = p * f + 5.5504108664821580e-2f;
   p = p * f + 2.4022650695910071e-1f;
   p = p * f + 6.9314718055994531e-1f;
@@ -72,18 +75,33 @@ void check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
               "fused GroupNorm expects a float32 bias of ", c, " values");
 }
 
-// Per-channel mean and M2 (sum of squared deviations) of one [hw, c] slab, shifted by the first row so that
-// float32 sums do not cancel; then combined into per-group mean / rstd in double (Chan's parallel formula).
-void group_stats(const uint16_t* xb, int64_t hw, int64_t c, int64_t groups, double eps, float* mean_out,
-                 float* rstd_out, std::vector<float>& s, std::vector<float>& ss, std::vector<float>& shift) {
+// The offset of image i ([c] floats), or nullptr without one.
+const float* offset_row(const std::optional<at::Tensor>& offset, int64_t i, int64_t c) {
+  return offset ? offset->data_ptr<float>() + i * c : nullptr;
+}
+
+void check_offset(const std::optional<at::Tensor>& offset, const at::Tensor& x) {
+  if (!offset) return;
+  TORCH_CHECK(offset->scalar_type() == at::kFloat && offset->is_contiguous() && offset->dim() == 2 &&
+                  offset->size(0) == x.size(0) && offset->size(1) == x.size(1),
+              "fused GroupNorm expects a contiguous float32 offset of shape [", x.size(0), ", ", x.size(1), "], got ",
+              offset->scalar_type(), " ", offset->sizes());
+}
+
+// Per-channel mean and M2 (sum of squared deviations) of one [hw, c] slab, pivoted on the first row so that
+// float32 sums do not cancel, the channel means moved by `off` (may be nullptr); then combined into per-group
+// mean / rstd in double (Chan's parallel formula).
+void group_stats(const uint16_t* xb, const float* off, int64_t hw, int64_t c, int64_t groups, double eps,
+                 float* mean_out, float* rstd_out, std::vector<float>& s, std::vector<float>& ss,
+                 std::vector<float>& pivot) {
   for (int64_t k = 0; k < c; ++k) {
-    shift[k] = bf16_to_float(xb[k]);
+    pivot[k] = bf16_to_float(xb[k]);
     s[k] = 0.f;
     ss[k] = 0.f;
   }
   float* __restrict sp = s.data();
   float* __restrict ssp = ss.data();
-  const float* __restrict kp = shift.data();
+  const float* __restrict kp = pivot.data();
   for (int64_t p = 0; p < hw; ++p) {
     const uint16_t* __restrict row = xb + p * c;
 #pragma omp simd
@@ -94,35 +112,36 @@ void group_stats(const uint16_t* xb, int64_t hw, int64_t c, int64_t groups, doub
     }
   }
   const int64_t cg = c / groups;
+  auto channel_mean = [&](int64_t k) { return kp[k] + static_cast<double>(sp[k]) / hw + (off ? off[k] : 0.f); };
   for (int64_t g = 0; g < groups; ++g) {
     double mean_sum = 0.0;
-    for (int64_t k = g * cg; k < (g + 1) * cg; ++k) mean_sum += kp[k] + static_cast<double>(sp[k]) / hw;
+    for (int64_t k = g * cg; k < (g + 1) * cg; ++k) mean_sum += channel_mean(k);
     const double gmean = mean_sum / cg;
     double m2 = 0.0;
     for (int64_t k = g * cg; k < (g + 1) * cg; ++k) {
-      const double cmean = kp[k] + static_cast<double>(sp[k]) / hw;
       const double cm2 = ssp[k] - static_cast<double>(sp[k]) * sp[k] / hw;
-      m2 += (cm2 > 0.0 ? cm2 : 0.0) + hw * (cmean - gmean) * (cmean - gmean);
+      m2 += (cm2 > 0.0 ? cm2 : 0.0) + hw * (channel_mean(k) - gmean) * (channel_mean(k) - gmean);
     }
     mean_out[g] = static_cast<float>(gmean);
     rstd_out[g] = static_cast<float>(1.0 / std::sqrt(m2 / (hw * cg) + eps));
   }
 }
 
-// a[k] = rstd * weight, b[k] = bias - mean * a: y = x * a + b for every channel k of one image.
-void affine_coefficients(const float* mean, const float* rstd, const float* weight, const float* bias, int64_t c,
-                         int64_t groups, float* a, float* b) {
+// a[k] = rstd * weight, b[k] = bias + (off - mean) * a: y = x * a + b for every channel k of one image.
+void affine_coefficients(const float* mean, const float* rstd, const float* weight, const float* bias,
+                         const float* off, int64_t c, int64_t groups, float* a, float* b) {
   const int64_t cg = c / groups;
   for (int64_t k = 0; k < c; ++k) {
     const int64_t g = k / cg;
     a[k] = rstd[g] * weight[k];
-    b[k] = bias[k] - mean[g] * a[k];
+    b[k] = bias[k] + ((off ? off[k] : 0.f) - mean[g]) * a[k];
   }
 }
 
 std::vector<at::Tensor> forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                                int64_t groups, double eps, bool silu) {
+                                const std::optional<at::Tensor>& offset, int64_t groups, double eps, bool silu) {
   check_inputs(x, weight, bias, groups);
+  check_offset(offset, x);
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
   auto y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
   auto mean = at::empty({n, groups}, x.options().dtype(at::kFloat));
@@ -134,12 +153,13 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const at::Tensor& weight, c
   float* meanp = mean.data_ptr<float>();
   float* rstdp = rstd.data_ptr<float>();
   at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> s(c), ss(c), shift(c), a(c), b(c);
+    std::vector<float> s(c), ss(c), pivot(c), a(c), b(c);
     for (int64_t i = begin; i < end; ++i) {
       const uint16_t* xb = xp + i * hw * c;
       uint16_t* __restrict yb = yp + i * hw * c;
-      group_stats(xb, hw, c, groups, eps, meanp + i * groups, rstdp + i * groups, s, ss, shift);
-      affine_coefficients(meanp + i * groups, rstdp + i * groups, wp, bp, c, groups, a.data(), b.data());
+      const float* off = offset_row(offset, i, c);
+      group_stats(xb, off, hw, c, groups, eps, meanp + i * groups, rstdp + i * groups, s, ss, pivot);
+      affine_coefficients(meanp + i * groups, rstdp + i * groups, wp, bp, off, c, groups, a.data(), b.data());
       const float* __restrict ap = a.data();
       const float* __restrict bcp = b.data();
       for (int64_t p = 0; p < hw; ++p) {
@@ -163,8 +183,9 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const at::Tensor& weight, c
 
 std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
                                  const at::Tensor& rstd, const at::Tensor& weight, const at::Tensor& bias,
-                                 int64_t groups, bool silu) {
+                                 const std::optional<at::Tensor>& offset, int64_t groups, bool silu) {
   check_inputs(x, weight, bias, groups);
+  check_offset(offset, x);
   TORCH_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == at::kBFloat16 &&
                   grad.is_contiguous(at::MemoryFormat::ChannelsLast),
               "fused GroupNorm backward expects a channels_last bfloat16 gradient shaped like the input");
@@ -172,6 +193,7 @@ std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& x, co
   auto dx = at::empty_like(x, at::MemoryFormat::ChannelsLast);
   auto dweight_per_image = at::empty({n, c}, weight.options());
   auto dbias_per_image = at::empty({n, c}, weight.options());
+  auto doffset = at::empty({offset ? n : 0, c}, weight.options());
   const auto* gp = reinterpret_cast<const uint16_t*>(grad.data_ptr<at::BFloat16>());
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
   auto* dxp = reinterpret_cast<uint16_t*>(dx.data_ptr<at::BFloat16>());
@@ -181,16 +203,18 @@ std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& x, co
   const float* rstdp = rstd.data_ptr<float>();
   float* dwp = dweight_per_image.data_ptr<float>();
   float* dbp = dbias_per_image.data_ptr<float>();
+  float* dop = doffset.data_ptr<float>();
   at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
     // dy of the whole image (float32 [hw, c]) is kept between the two passes so exp runs once per value.
-    std::vector<float> dy_buf(silu ? hw * c : 0), a(c), b(c), sdy(c), sdyx(c), c1(c), c2(groups), c3(groups);
+    std::vector<float> dy_buf(silu ? hw * c : 0), a(c), b(c), sdy(c), sdyx(c), sdu(c), c1(c), c2(c), c3(c);
     for (int64_t i = begin; i < end; ++i) {
       const uint16_t* xb = xp + i * hw * c;
       const uint16_t* gb = gp + i * hw * c;
       uint16_t* __restrict dxb = dxp + i * hw * c;
       const float* gmean = meanp + i * groups;
       const float* grstd = rstdp + i * groups;
-      affine_coefficients(gmean, grstd, wp, bp, c, groups, a.data(), b.data());
+      const float* off = offset_row(offset, i, c);
+      affine_coefficients(gmean, grstd, wp, bp, off, c, groups, a.data(), b.data());
       float* __restrict sdyp = sdy.data();
       float* __restrict sdyxp = sdyx.data();
       const float* __restrict ap = a.data();
@@ -220,6 +244,8 @@ std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& x, co
           }
         }
       }
+      if (off)  // sum dy * u = sum dy * x + offset * sum dy
+        for (int64_t k = 0; k < c; ++k) sdyxp[k] += off[k] * sdyp[k];
       for (int64_t g = 0; g < groups; ++g) {
         double ds = 0.0, db = 0.0;
         for (int64_t k = g * cg; k < (g + 1) * cg; ++k) {
@@ -227,50 +253,55 @@ std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& x, co
           db += static_cast<double>(sdyp[k]) * wp[k];
           dwp[i * c + k] = (sdyxp[k] - gmean[g] * sdyp[k]) * grstd[g];
           dbp[i * c + k] = sdyp[k];
-          c1[k] = grstd[g] * wp[k];
         }
         const double r = grstd[g], m = gmean[g], inv_n = 1.0 / static_cast<double>(cg * hw);
         const double k2 = (db * m - ds) * r * r * r * inv_n;
-        c2[g] = static_cast<float>(k2);
-        c3[g] = static_cast<float>(-k2 * m - db * r * inv_n);
-      }
-      // Per-channel c2 / c3 so the inner loop runs over all channels at once.
-      std::vector<float>& c2k = a;
-      std::vector<float>& c3k = b;
-      for (int64_t k = 0; k < c; ++k) {
-        c2k[k] = c2[k / cg];
-        c3k[k] = c3[k / cg];
+        const double k3 = -k2 * m - db * r * inv_n;
+        for (int64_t k = g * cg; k < (g + 1) * cg; ++k) {  // per channel, so the loops below run over all of them
+          c1[k] = grstd[g] * wp[k];
+          c2[k] = static_cast<float>(k2);
+          c3[k] = static_cast<float>(k3 + k2 * (off ? off[k] : 0.f));  // c2 * u + c3 = c2 * x + (c3 + c2 * off)
+        }
       }
       const float* __restrict c1p = c1.data();
-      const float* __restrict c2p = c2k.data();
-      const float* __restrict c3p = c3k.data();
+      const float* __restrict c2p = c2.data();
+      const float* __restrict c3p = c3.data();
+      float* __restrict sdup = sdu.data();
+      for (int64_t k = 0; k < c; ++k) sdup[k] = 0.f;
       for (int64_t p = 0; p < hw; ++p) {
         const uint16_t* __restrict xrow = xb + p * c;
         uint16_t* __restrict out = dxb + p * c;
         if (silu) {
           const float* __restrict dyrow = dy_buf.data() + p * c;
 #pragma omp simd
-          for (int64_t k = 0; k < c; ++k)
-            out[k] = float_to_bf16(c1p[k] * dyrow[k] + c2p[k] * bf16_to_float(xrow[k]) + c3p[k]);
+          for (int64_t k = 0; k < c; ++k) {
+            const float du = c1p[k] * dyrow[k] + c2p[k] * bf16_to_float(xrow[k]) + c3p[k];
+            out[k] = float_to_bf16(du);
+            sdup[k] += du;
+          }
         } else {
           const uint16_t* __restrict grow = gb + p * c;
 #pragma omp simd
-          for (int64_t k = 0; k < c; ++k)
-            out[k] = float_to_bf16(c1p[k] * bf16_to_float(grow[k]) + c2p[k] * bf16_to_float(xrow[k]) + c3p[k]);
+          for (int64_t k = 0; k < c; ++k) {
+            const float du = c1p[k] * bf16_to_float(grow[k]) + c2p[k] * bf16_to_float(xrow[k]) + c3p[k];
+            out[k] = float_to_bf16(du);
+            sdup[k] += du;
+          }
         }
       }
+      if (off) std::memcpy(dop + i * c, sdup, sizeof(float) * c);
     }
   });
-  return {dx, dweight_per_image.sum(0), dbias_per_image.sum(0)};
+  return {dx, dweight_per_image.sum(0), dbias_per_image.sum(0), doffset};
 }
 
 }  // namespace
 
 TORCH_LIBRARY(diffusionlab_gn, m) {
-  m.def("forward(Tensor x, Tensor weight, Tensor bias, int groups, float eps, bool silu) -> Tensor[]");
+  m.def("forward(Tensor x, Tensor weight, Tensor bias, Tensor? offset, int groups, float eps, bool silu) -> Tensor[]");
   m.def(
-      "backward(Tensor grad, Tensor x, Tensor mean, Tensor rstd, Tensor weight, Tensor bias, int groups, "
-      "bool silu) -> Tensor[]");
+      "backward(Tensor grad, Tensor x, Tensor mean, Tensor rstd, Tensor weight, Tensor bias, Tensor? offset, "
+      "int groups, bool silu) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(diffusionlab_gn, CPU, m) {
