@@ -129,6 +129,11 @@ def main() -> None:
     head = f"{'ours img/CPU-s':>15} {'diffusers img/CPU-s':>20} {'ratio':>6} {'max|diff|':>10}"
     print(f"{'sampler':10} {'steps':>5} {head}")
     with torch.no_grad(), ctx:
+        # Warm-up, untimed: whichever sampler came first ran 10-30% slower for ours (2026-12-05: DPM-Solver++
+        # 1.60x first vs 2.77-2.93x second), even as the better of two repeats.
+        first = args.samplers[0]
+        ours(net, first, x_T, labels, STEPS[first], 1)
+        theirs(model, first, x_T, labels, STEPS[first], 1)
         for name in args.samplers:
             steps = STEPS[name]
             t_ours, a = timed(ours, args.repeats, net, name, x_T, labels, steps, 1)
