@@ -110,6 +110,26 @@ def test_bf16_parameters_get_bf16_gradients():
     assert torch.isfinite(x.grad).all() and x.grad.abs().max() > 0
 
 
+def test_kernel_splits_images_over_pytorchs_threads():
+    """The kernel's at::parallel_for uses torch.get_num_threads() threads of PyTorch's own OpenMP pool. Built
+    without -fopenmp it ran every image on one thread (2026-12-06: the GroupNorm share of a 2-thread forward
+    did not shrink at all); a second OpenMP runtime would give two pools fighting over the cores."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert torch.ops.diffusionlab_gn.parallel_threads(8) == 2
+        assert torch.ops.diffusionlab_gn.parallel_threads(1) == 1
+        torch.set_num_threads(1)
+        assert torch.ops.diffusionlab_gn.parallel_threads(8) == 1
+    finally:
+        torch.set_num_threads(before)
+    maps = "/proc/self/maps"
+    if os.path.exists(maps):
+        with open(maps) as f:
+            runtimes = {line.split()[-1] for line in f if "libgomp" in line or "libiomp" in line}
+        assert len(runtimes) == 1, f"more than one OpenMP runtime loaded: {sorted(runtimes)}"
+
+
 def test_kernel_refuses_inputs_it_does_not_handle():
     w, b = torch.ones(8), torch.zeros(8)
     float32 = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)

@@ -31,7 +31,10 @@ from torch import Tensor
 from diffusionlab.utils.locks import file_lock
 
 SOURCE = Path(__file__).with_name("kernels") / "group_norm_nhwc.cpp"
-CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp-simd"]
+# -fopenmp: at::parallel_for is a header template, so without it the kernel would run on one thread; the
+# libgomp it links against resolves, at load time, to the libgomp.so.1 PyTorch has already loaded (one pool).
+CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
 ENV_SWITCH = "DIFFUSIONLAB_FUSED_GROUPNORM"
 
 
@@ -46,7 +49,7 @@ def _cpu_flags() -> str:
 
 
 def _build_name() -> str:
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode() + _cpu_flags().encode())
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS + LDFLAGS).encode() + _cpu_flags().encode())
     return f"diffusionlab_gn_{digest.hexdigest()[:12]}"
 
 
@@ -87,7 +90,14 @@ def available() -> bool:
                 print(
                     f"diffusionlab: building fused GroupNorm kernel {name} (once per machine, ~15 s)", file=sys.stderr
                 )
-            load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS, is_python_module=False, verbose=False)
+            load(
+                name=name,
+                sources=[str(SOURCE)],
+                extra_cflags=CFLAGS,
+                extra_ldflags=LDFLAGS,
+                is_python_module=False,
+                verbose=False,
+            )
     except Exception as error:  # no compiler, no ninja, read-only cache...: the NCHW detour still works
         warnings.warn(
             f"diffusionlab: the fused GroupNorm kernel could not be built ({type(error).__name__}: {error}); "

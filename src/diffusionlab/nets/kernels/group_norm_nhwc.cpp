@@ -20,6 +20,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -295,9 +296,22 @@ std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& x, co
   return {dx, dweight_per_image.sum(0), dbias_per_image.sum(0), doffset};
 }
 
+// How many distinct threads at::parallel_for runs `tasks` one-task chunks on: the forward and backward split
+// their images this way. 1 means the build lost OpenMP (at::parallel_for is a header template: compiled
+// without -fopenmp it runs serially whatever torch.get_num_threads() says).
+int64_t parallel_threads(int64_t tasks) {
+  std::vector<int64_t> owner(tasks > 0 ? tasks : 0, -1);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) owner[i] = at::get_thread_num();
+  });
+  std::sort(owner.begin(), owner.end());
+  return std::unique(owner.begin(), owner.end()) - owner.begin();
+}
+
 }  // namespace
 
 TORCH_LIBRARY(diffusionlab_gn, m) {
+  m.def("parallel_threads(int tasks) -> int", &parallel_threads);
   m.def("forward(Tensor x, Tensor weight, Tensor bias, Tensor? offset, int groups, float eps, bool silu) -> Tensor[]");
   m.def(
       "backward(Tensor grad, Tensor x, Tensor mean, Tensor rstd, Tensor weight, Tensor bias, Tensor? offset, "
