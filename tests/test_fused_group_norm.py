@@ -185,3 +185,35 @@ def test_a_killed_build_leaves_no_lock_that_blocks_the_next(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-2000:]
     assert "building fused GroupNorm kernel" in out.stderr
+
+
+def test_portable_build_matches_the_avx512_one(tmp_path):
+    """The forward has an AVX-512 (BF16) path and a portable one for other CPUs; built without AVX512-BF16 the
+    portable path runs and gives the same values within one bfloat16 rounding step (24 channels: the AVX
+    path's masked tail)."""
+    torch.manual_seed(0)
+    x = channels_last_bf16(torch.randn(3, 24, 5, 7) * 2 + 0.5)
+    weight, bias = torch.rand(24) + 0.5, torch.randn(24)
+    torch.save((x, weight, bias), tmp_path / "inputs.pt")
+    code = (
+        "import sys, torch\n"
+        "from diffusionlab.nets import fused_group_norm as f\n"
+        "f.CFLAGS = f.CFLAGS + ['-mno-avx512bf16']\n"
+        "assert f.available()\n"
+        "x, w, b = torch.load(sys.argv[1])\n"
+        "torch.save([torch.ops.diffusionlab_gn.forward(x, w, b, None, 4, 1e-5, s)[0] for s in (False, True)],"
+        " sys.argv[2])\n"
+    )
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
+    args = [sys.executable, "-c", code, str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")]
+    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    portable = torch.load(tmp_path / "out.pt")
+    for silu, theirs in zip((False, True), portable, strict=True):
+        ours = torch.ops.diffusionlab_gn.forward(x, weight, bias, None, 4, 1e-5, silu)[0]
+        expected = F.group_norm(x.float(), 4, weight, bias)
+        expected = F.silu(expected) if silu else expected
+        # both within bf16 rounding of float32, so within about one step of each other
+        torch.testing.assert_close(ours.float(), expected, atol=2e-2, rtol=8e-3)
+        torch.testing.assert_close(theirs.float(), expected, atol=2e-2, rtol=8e-3)
+        assert (ours.float() - theirs.float()).abs().max() <= 2 ** -7 * expected.abs().max()
