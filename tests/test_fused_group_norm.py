@@ -216,4 +216,4 @@ def test_portable_build_matches_the_avx512_one(tmp_path):
         # both within bf16 rounding of float32, so within about one step of each other
         torch.testing.assert_close(ours.float(), expected, atol=2e-2, rtol=8e-3)
         torch.testing.assert_close(theirs.float(), expected, atol=2e-2, rtol=8e-3)
-        assert (ours.float() - theirs.float()).abs().max() <= 2 ** -7 * expected.abs().max()
+        assert (ours.float() - theirs.float()).abs().max() <= 2**-7 * expected.abs().max()
