@@ -26,8 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def rank_main(rank: int, args: argparse.Namespace, use_ddp: bool, port: int, results) -> None:
-    import torch.nn.functional as F
-    from bench_unet import setup
+    from bench_unet import make_train_step, setup
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -37,14 +36,7 @@ def rank_main(rank: int, args: argparse.Namespace, use_ddp: bool, port: int, res
     net, _, _, (x, t, y) = setup(spec)
     model = torch.nn.parallel.DistributedDataParallel(net, bucket_cap_mb=args.bucket_mb) if use_ddp else net
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
-    target = torch.randn_like(x)
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = F.mse_loss(model(x, t, y).float(), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    step = make_train_step(model, opt, (x, t, y), torch.randn_like(x), bf16=True)
 
     for _ in range(3):
         step()

@@ -101,7 +101,6 @@ def _status_kb(field: str) -> int:
 def setup(spec: dict):
     """``(net, forward, train_step, (x, t, y))`` of one cell: the model, a random batch and the training step."""
     import torch
-    import torch.nn.functional as F
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -117,16 +116,23 @@ def setup(spec: dict):
     if spec["compile"]:
         forward = torch.compile(forward)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
-    bf16 = spec["precision"] == "bf16"
+    train_step = make_train_step(forward, opt, (x, t, y), target, bf16=spec["precision"] == "bf16")
+    return net, forward, train_step, (x, t, y)
+
+
+def make_train_step(forward, opt, inputs: tuple, target, bf16: bool):
+    """The timed step: ``forward(*inputs)`` (bf16 autocast when ``bf16``), MSE to ``target``, backward, ``opt``."""
+    import torch
+    import torch.nn.functional as F
 
     def train_step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.mse_loss(forward(x, t, y).float(), target)
+            loss = F.mse_loss(forward(*inputs).float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    return net, forward, train_step, (x, t, y)
+    return train_step
 
 
 def profile(spec: dict, rows: int = 20) -> str:
@@ -340,9 +346,7 @@ def main() -> None:
 
     peak = bf16_matmul_peak(args.threads)
     results: dict[tuple, dict] = {}
-    for _, (cell, impl) in tqdm(
-        [(r, job) for r in range(args.rounds) for job in jobs], desc="benchmark runs", unit="run"
-    ):
+    for cell, impl in tqdm(jobs * args.rounds, desc="benchmark runs", unit="run"):
         model, precision, cl, comp = cell
         spec = dict(
             model=model,
