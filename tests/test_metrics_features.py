@@ -16,8 +16,10 @@ from diffusionlab.metrics.features import (
     TorchScriptInception,
     extract_features,
     load_inception,
+    torch_fidelity_skeleton,
     torch_fidelity_weights_from_torchscript,
 )
+from diffusionlab.metrics.inception_folded import FoldedInceptionNet
 
 TS_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"  # ../shared/README.md
 
@@ -70,6 +72,24 @@ def test_folded_inception_features_equal_the_torchscript_graph_on_64_real_mnist_
         assert logits is None and ours.shape == ref.shape == (len(images), 2048)
         rel = (ours - ref).norm(dim=1) / ref.norm(dim=1)
         assert rel.max() < 1e-4, f"max relative feature error {rel.max():.2e}"
+
+
+def test_folded_inception_features_do_not_depend_on_its_chunk_sizes(ts_path, data_dir):
+    """The stages' images per pass are a speed setting: one pass over 12 real MNIST images and passes of
+    (5, 3, 7) images (uneven last chunks) give the same features; a bad setting is refused by name."""
+    folded = load_inception(ts_path)
+    images = load_split("mnist", "test", data_dir)[0][:12]
+    one_pass = FoldedInceptionNet(torch_fidelity_skeleton(), with_logits=False, chunks=(12, 12, 12))
+    one_pass.load_state_dict(folded.net.state_dict())
+    chunked = FoldedInceptionNet(torch_fidelity_skeleton(), with_logits=False, chunks=(5, 3, 7))
+    chunked.load_state_dict(folded.net.state_dict())
+    with torch.inference_mode():
+        reference, ours, default = one_pass(images)[0], chunked(images)[0], folded(images)[0]
+    assert reference.abs().mean() > 0.05
+    torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(default, reference, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="chunks must be 3 positive image counts"):
+        FoldedInceptionNet(torch_fidelity_skeleton(), with_logits=False, chunks=(4, 0, 8))
 
 
 def test_folded_inception_keeps_torch_fidelity_logits(ts_path, tmp_path):
