@@ -1,15 +1,18 @@
 """The FID Inception in eager PyTorch with every batch norm folded into its convolution: the fast extractor.
 
 The network and weights are those of :class:`~diffusionlab.metrics.features.TorchScriptInception` and
-torch-fidelity's ``FeatureExtractorInceptionV3`` (TensorFlow Inception-v3 2015-12-05). Three exact rewrites
-make it faster in float32, with no change of precision (features equal the TorchScript graph to ~1e-6
-relative, measured on real MNIST; ``tests/test_metrics_features.py`` asserts 1e-4):
+torch-fidelity's ``FeatureExtractorInceptionV3`` (TensorFlow Inception-v3 2015-12-05). Exact rewrites make
+it faster in float32, with no change of precision (features equal the TorchScript graph to ~1e-6 relative,
+measured on real MNIST; ``tests/test_metrics_features.py`` asserts 1e-4):
 
 - ``conv -> batch norm (eval) -> ReLU`` becomes ``conv(weight * s, bias) -> ReLU`` with
   ``s = gamma / sqrt(var + eps)`` and ``bias = beta - mean * s``: one pass over each activation, not three;
 - grayscale input: the first conv sees three equal channels, so it equals a 1-channel conv whose weight is
   the sum over the input channels, and the 28 -> 299 resize runs on one channel instead of three;
-- channels-last activations end to end (oneDNN's fastest layout for these convolutions).
+- channels-last activations end to end (oneDNN's fastest layout for these convolutions);
+- in the mixed blocks with an average-pool branch, the pool runs after that branch's 1x1 conv instead of
+  before it (:func:`run_mixed_block`): both are linear maps, one over channels and one over pixels with
+  weights summing to 1, so they commute, bias included, and the pool then sees 32-192 channels, not 192-2048.
 
 And one change of schedule: the layers run in three stages, each on a few images at a time
 (:data:`CHUNKS`), so that a stage's activations stay in the CPU's caches. The stem's activations are 1.4 to
@@ -92,6 +95,53 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     return module
 
 
+# the mixed blocks run by run_mixed_block: each branch but the pool one as a chain of torch-fidelity attribute
+# names, a tuple ending a chain being parallel heads on the chain's output (concatenated in the block output)
+BRANCHES = {
+    "InceptionA": (
+        ("branch1x1",),
+        ("branch5x5_1", "branch5x5_2"),
+        ("branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3"),
+    ),
+    "InceptionC": (
+        ("branch1x1",),
+        ("branch7x7_1", "branch7x7_2", "branch7x7_3"),
+        ("branch7x7dbl_1", "branch7x7dbl_2", "branch7x7dbl_3", "branch7x7dbl_4", "branch7x7dbl_5"),
+    ),
+    "InceptionE_1": (
+        ("branch1x1",),
+        ("branch3x3_1", ("branch3x3_2a", "branch3x3_2b")),
+        ("branch3x3dbl_1", "branch3x3dbl_2", ("branch3x3dbl_3a", "branch3x3dbl_3b")),
+    ),
+}
+BRANCHES["InceptionE_2"] = BRANCHES["InceptionE_1"]  # the FID Inception's last block: a max-pool branch
+
+
+def run_mixed_block(block: nn.Module, x: Tensor) -> Tensor:
+    """torch-fidelity's ``InceptionA`` / ``C`` / ``E_1`` / ``E_2`` forward (folded), ``[B, C_in, H, W] ->
+    [B, C_out, H, W]``, with the average-pool branch reordered to ``relu(avg_pool(conv1x1(x)))`` (see the
+    module docstring; ``count_include_pad=False`` keeps the pool's weights summing to 1 at the borders) and one
+    concatenation of all the branch outputs in torch-fidelity's order instead of nested ones."""
+    kind = type(block).__name__
+    outputs = []
+    for chain in BRANCHES[kind]:
+        y = x
+        for step in chain:
+            if isinstance(step, tuple):
+                outputs += [getattr(block, head)(y) for head in step]
+                break
+            y = getattr(block, step)(y)
+        else:
+            outputs.append(y)
+    pool = block.branch_pool
+    if kind == "InceptionE_2":  # a max pool does not commute with the conv: pool first, as torch-fidelity
+        outputs.append(pool(F.max_pool2d(x, kernel_size=3, stride=1, padding=1)))
+    else:
+        y = F.conv2d(x, pool.weight, pool.bias)  # [B, C_pool, H, W]
+        outputs.append(F.relu_(F.avg_pool2d(y, kernel_size=3, stride=1, padding=1, count_include_pad=False)))
+    return torch.cat(outputs, 1)
+
+
 class FoldedInceptionNet(nn.Module):
     """uint8 images ``[B, 1 | 3, H, W]`` -> (pool3 features ``[B, 2048]`` float32, unbiased logits
     ``[B, 1008]`` float32 or None).
@@ -136,5 +186,5 @@ class FoldedInceptionNet(nn.Module):
             x = F.relu_(F.conv2d(x, weight, first.bias, first.stride, first.padding))  # [b, 32, 149, 149]
             start = 1
         for layer in self.layers[start:stop]:
-            x = layer(x)
+            x = run_mixed_block(layer, x) if type(layer).__name__ in BRANCHES else layer(x)
         return x
