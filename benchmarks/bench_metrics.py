@@ -14,6 +14,10 @@ Rows (batch 50 of 28x28 grayscale images, so the resize to 299x299 is included):
   ``torch.autocast('cpu', torch.bfloat16)``, and the folded network in float32 with oneDNN rounding its
   convolutions' inputs to bf16 (``torch.backends.mkldnn.conv.fp32_precision = "bf16"``), each with its largest
   per-image relative feature deviation from the TorchScript graph (FID is not computed this way: > 1e-3);
+- ``float32 ceiling``: the Inception's FLOPs per image (``torch.utils.flop_counter``: 11.4 G at 299x299) at
+  the rate of its fastest convolution measured in the same run (Mixed_5b's 5x5, batch 64, all threads; at
+  or above a float32 matmul's rate here): the images/s an exact float32 extractor would reach with every
+  FLOP at that rate, its ratio to the TorchScript graph, and the folded network's share of it;
 - ``inception torch-fidelity fp32``: torch-fidelity's eager network holding the same weights;
 - ``domain classifier``: the MNIST CNN's features (random weights: speed only);
 - ``fid 2048-d`` / ``kid 100x1000``: seconds for one FID (2048 x 2048 eigenvalue problem, independent of n)
@@ -30,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WEIGHTS = ROOT.parent / "shared" / "weights" / "inception-2015-12-05-pool3.torchscript.pt"
@@ -54,6 +59,15 @@ def seconds(fn, repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def fastest_layer_flops_per_second(repeats: int) -> float:
+    """FLOP/s of the Inception's fastest float32 convolution on this machine (Mixed_5b's 5x5: 48 -> 64 channels
+    at 35x35, batch 64, channels-last; wall clock, all threads, best of ``repeats``)."""
+    x = torch.randn(64, 48, 35, 35).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(64, 48, 5, 5).contiguous(memory_format=torch.channels_last)
+    flops = 2 * 64 * 35 * 35 * 64 * 48 * 25
+    return flops / seconds(lambda: torch.nn.functional.conv2d(x, w, padding=2), repeats)
 
 
 def main() -> None:
@@ -93,6 +107,14 @@ def main() -> None:
     rows["folded / torchscript in batches of 8 (x)"] = (
         rows["inception folded fp32 (img/s)"] / rows["inception torchscript fp32, batches of 8 (img/s)"]
     )
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        folded(images[:1])
+    conv_flops = fastest_layer_flops_per_second(args.repeats + 3)
+    ceiling = conv_flops / counter.get_total_flops()
+    rows["float32 conv, fastest Inception layer (GFLOP/s)"] = conv_flops / 1e9
+    rows["float32 ceiling: FLOPs/img at that rate (img/s)"] = ceiling
+    rows["float32 ceiling / torchscript (x)"] = ceiling / rows["inception torchscript fp32 (img/s)"]
+    rows["folded / float32 ceiling"] = rows["inception folded fp32 (img/s)"] / ceiling
     with torch.inference_mode():
         ref, fast = ts(images)[0], folded(images)[0]
     rows["folded max relative feature deviation"] = float(((fast - ref).norm(dim=1) / ref.norm(dim=1)).max())
