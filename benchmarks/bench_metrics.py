@@ -7,7 +7,8 @@ Rows (batch 50 of 28x28 grayscale images, so the resize to 299x299 is included):
 - ``inception torchscript fp32``: the offline FID Inception as the TorchScript graph (the reference), on the
   whole batch at once and in batches of 8 (small batches keep activations in cache: a fairer peer);
 - ``inception folded fp32``: the default extractor, the same network with batch norms folded, a grayscale
-  first conv and channels-last (:mod:`diffusionlab.metrics.inception_folded`), its speed-up over the
+  first conv, channels-last, pools moved after their 1x1 convs and three stages run on a few images at a time
+  (:mod:`diffusionlab.metrics.inception_folded`), its speed-up over the
   TorchScript graph and its largest per-image relative feature deviation ``|f - f_ref| / |f_ref|`` from it
   (must stay < 1e-3);
 - lossy variants, on record but not used: the TorchScript graph and the folded network under

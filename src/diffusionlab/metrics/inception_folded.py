@@ -15,10 +15,11 @@ measured on real MNIST; ``tests/test_metrics_features.py`` asserts 1e-4):
   weights summing to 1, so they commute, bias included, and the pool then sees 32-192 channels, not 192-2048.
 
 And one change of schedule: the layers run in three stages, each on a few images at a time
-(:data:`CHUNKS`), so that a stage's activations stay in the CPU's caches. The stem's activations are 1.4 to
-5.5 MB per image (``[64, 147, 147]`` floats), so a batch of 50 streams them through memory; the 17x17 and 8x8
-blocks have small activations and large weights, so they want the most images per pass. Every image goes
-through the same operations either way: the features are bitwise those of a one-pass batch (measured).
+(:data:`CHUNKS`, on the CPU only), so that a stage's activations stay in the CPU's caches. The stem's
+activations are up to 5.5 MB per image (``[64, 147, 147]`` floats), so a batch of 50 streams them through
+memory; the 17x17 and 8x8 blocks have small activations and large weights, so they want the most images per
+pass. Every image goes through the same operations either way: the features equal a one-pass batch's
+(bitwise in the measurements here).
 
 Measured on this CPU (1 thread, batch 32 of 28x28 MNIST): the TorchScript graph 7.8 CPU-s, this 5.2 CPU-s
 before the grayscale rewrite (``benchmarks/bench_metrics.py`` prints the current ratio).
@@ -149,7 +150,8 @@ class FoldedInceptionNet(nn.Module):
     Built from a torch-fidelity ``FeatureExtractorInceptionV3`` holding the weights (its modules are taken
     over and folded; ``with_logits`` keeps its ``fc`` weight for Inception Score). Preprocessing is
     :func:`~diffusionlab.metrics.preprocess.inception_input`'s: TF-1.x bilinear resize to 299, ``x/128 - 1``.
-    ``chunks``: images per pass in each of the :data:`STAGES` (speed only; the features do not depend on it).
+    ``chunks``: images per pass in each of the :data:`STAGES` on the CPU (speed only; the features do not
+    depend on it; other devices run each stage on the whole batch).
     """
 
     def __init__(self, tf_inception: nn.Module, with_logits: bool, chunks: tuple[int, int, int] = CHUNKS):
@@ -170,7 +172,8 @@ class FoldedInceptionNet(nn.Module):
         if images.dtype != torch.uint8:
             raise TypeError(f"expected uint8 images (use quantize first), got {images.dtype}")
         x = images.to(self.gray_weight.device)
-        for (start, stop), chunk in zip(STAGES, self.chunks):
+        chunks = self.chunks if x.device.type == "cpu" else (len(x),) * len(STAGES)  # a GPU wants whole batches
+        for (start, stop), chunk in zip(STAGES, chunks):
             x = torch.cat([self._run(part, start, stop) for part in x.split(chunk)])  # ... -> [B, 2048, 8, 8]
         feats = x.mean((2, 3))  # [B, 2048]
         logits = feats @ self.fc_weight.T if self.fc_weight is not None else None  # [B, 1008]
