@@ -175,7 +175,8 @@ class FoldedInceptionNet(nn.Module):
         x = images.to(self.gray_weight.device)
         chunks = self.chunks if x.device.type == "cpu" else (len(x),) * len(STAGES)  # a GPU wants whole batches
         for (start, stop), chunk in zip(STAGES, chunks):
-            x = torch.cat([self._run(part, start, stop) for part in x.split(chunk)])  # ... -> [B, 2048, 8, 8]
+            parts = [self._run(part, start, stop) for part in x.split(chunk)]
+            x = parts[0] if len(parts) == 1 else torch.cat(parts)  # ... -> [B, 2048, 8, 8]
         feats = x.mean((2, 3))  # [B, 2048]
         logits = feats @ self.fc_weight.T if self.fc_weight is not None else None  # [B, 1008]
         return feats, logits
