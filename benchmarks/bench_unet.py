@@ -22,6 +22,12 @@ fastest run kept; the bf16 peak is measured before and after, the higher kept). 
 ``fwd/cpu-s``: images per CPU-second of the inference forward pass (eval mode, ``torch.inference_mode``): the
 cost of one sampling step.
 
+``conv%``: the share of one profiled training step's CPU time spent in convolution kernels (forward and
+backward). Both networks run the same convolutions through the same oneDNN kernels, so ``bound`` = ratio /
+ours' ``conv%`` is the ratio ours would reach if everything else (normalisation, activations, attention, adds,
+the optimizer) took no time: where it is below a goal, no work outside the convolutions can meet that goal
+on this machine.
+
 Peak memory: after building the model, batch and optimizer the subprocess resets its peak-RSS counter
 (``echo 5 > /proc/self/clear_refs``) and reports ``VmHWM - VmRSS`` from ``/proc/self/status`` after the
 training steps: the extra resident memory of training (activations, gradients, optimizer state).
@@ -185,6 +191,7 @@ def worker(spec: dict) -> dict:
     warmup_s = time.perf_counter() - w0
     wall, cpu = timed(train_step, spec["steps"])
     peak_mb = (_status_kb("VmHWM") - base) / 1024
+    conv_share = convolution_share(train_step)
     fwd_wall = fwd_cpu = None
     if not spec["compile"]:  # eval + inference mode would compile a second graph: skipped
         net.eval()
@@ -201,7 +208,24 @@ def worker(spec: dict) -> dict:
         "warmup_s": warmup_s,
         "gflop_per_image": flop_per_image / 1e9,
         "tflops": flop_per_image * batch / cpu / 1e12,  # achieved per CPU-second (= per core)
+        "conv_share": conv_share,
     }
+
+
+def convolution_share(train_step) -> float:
+    """Share of one training step's CPU time (``torch.profiler``, self time of every op) spent in convolution
+    kernels, forward and backward (ops whose name contains ``conv``: ``mkldnn_convolution``,
+    ``convolution_backward``, ...): with equal convolutions on both sides, ``ratio / share`` bounds what
+    ours / diffusers can reach by speeding up everything else."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    conv = sum(e.self_cpu_time_total for e in events if "conv" in e.key.lower())
+    return conv / total if total else float("nan")
 
 
 def bf16_matmul_peak(threads: int, n: int = 4096, repeats: int = 5) -> float:
@@ -258,19 +282,20 @@ def _num(r: dict | None, key: str, pattern: str) -> str:
 def print_table(rows: list[dict], header_note: str, peak: float) -> None:
     cols = (
         f"{'model':<13} {'prec':<4} {'ch_last':<7} {'compile':<7} | {'img/s':>6} {'img/cpu-s':>9} {'fwd/cpu-s':>9} "
-        f"{'MB':>5} | {'img/s':>6} {'img/cpu-s':>9} {'fwd/cpu-s':>9} {'MB':>5} | {'ratio':>5} {'fwd':>5} {'mem':>5} "
-        f"| {'GFLOP/img':>9} {'TFLOP/s':>7} {'% peak':>6}"
+        f"{'MB':>5} {'conv%':>5} | {'img/s':>6} {'img/cpu-s':>9} {'fwd/cpu-s':>9} {'MB':>5} {'conv%':>5} "
+        f"| {'ratio':>5} {'bound':>5} {'fwd':>5} {'mem':>5} | {'GFLOP/img':>9} {'TFLOP/s':>7} {'% peak':>6}"
     )
     print(header_note)
     print(f"measured bf16 matmul peak: {peak:.3f} TFLOP/s per core (4096^3, same run)")
-    print(f"{'':<36} | {'ours':^33} | {'diffusers UNet2DModel':^33} | {'ours / diffusers':^17} | {'ours':^25}")
+    print(f"{'':<36} | {'ours':^39} | {'diffusers UNet2DModel':^39} | {'ours / diffusers':^23} | {'ours':^25}")
     print(cols)
     print("-" * len(cols))
     for row in rows:
         ours, theirs = row["ours"], row["diffusers"]
-        ratio = fwd = mem = "-"
+        ratio = bound = fwd = mem = "-"
         if theirs and "error" not in theirs and "error" not in ours:
-            ratio = f"{ours['images_per_cpu_s'] / theirs['images_per_cpu_s']:.2f}"
+            speedup = ours["images_per_cpu_s"] / theirs["images_per_cpu_s"]
+            ratio, bound = f"{speedup:.2f}", f"{speedup / ours['conv_share']:.2f}"
             if ours["fwd_images_per_cpu_s"] and theirs["fwd_images_per_cpu_s"]:
                 fwd = f"{ours['fwd_images_per_cpu_s'] / theirs['fwd_images_per_cpu_s']:.2f}"
             mem = f"{ours['peak_mb'] / theirs['peak_mb']:.2f}"
@@ -278,14 +303,15 @@ def print_table(rows: list[dict], header_note: str, peak: float) -> None:
         for r in (ours, theirs):
             cells.append(
                 f"{_num(r, 'images_per_s', '{:.1f}'):>6} {_num(r, 'images_per_cpu_s', '{:.1f}'):>9} "
-                f"{_num(r, 'fwd_images_per_cpu_s', '{:.1f}'):>9} {_num(r, 'peak_mb', '{:.0f}'):>5}"
+                f"{_num(r, 'fwd_images_per_cpu_s', '{:.1f}'):>9} {_num(r, 'peak_mb', '{:.0f}'):>5} "
+                f"{_num(r, 'conv_share', '{:.0%}'):>5}"
             )
         gflop = _num(ours, "gflop_per_image", "{:.3f}")
         tflops = _num(ours, "tflops", "{:.3f}")
         share = "-" if "error" in ours else f"{100 * ours['tflops'] / peak:.1f}"
         print(
             f"{row['model']:<13} {row['precision']:<4} {str(row['channels_last']):<7} {str(row['compile']):<7} | "
-            f"{cells[0]} | {cells[1]} | {ratio:>5} {fwd:>5} {mem:>5} | {gflop:>9} {tflops:>7} {share:>6}"
+            f"{cells[0]} | {cells[1]} | {ratio:>5} {bound:>5} {fwd:>5} {mem:>5} | {gflop:>9} {tflops:>7} {share:>6}"
         )
         for name, r in (("ours", ours), ("diffusers", theirs)):
             if r and "error" in r:
@@ -378,7 +404,9 @@ def main() -> None:
         rows,
         f"\ntraining step (fwd + bwd + AdamW), batch {args.batch}, {args.threads} thread(s), median of {steps} "
         f"steps{rounds}, torch {torch.__version__}; MB = peak RSS increase during training; ratios from img/cpu-s; "
-        "TFLOP/s = GFLOP per training image (torch.utils.flop_counter) x img/cpu-s",
+        "TFLOP/s = GFLOP per training image (torch.utils.flop_counter) x img/cpu-s; conv% = share of a step's CPU "
+        "time in convolutions (torch.profiler); bound = ratio / ours' conv%: ours / diffusers if everything but "
+        "ours' convolutions took no time",
         peak,
     )
     if args.json:
