@@ -141,19 +141,24 @@ def make_train_step(forward, opt, inputs: tuple, target, bf16: bool):
     return train_step
 
 
-def profile(spec: dict, rows: int = 20) -> str:
-    """Per-op CPU time of ``spec["steps"]`` training steps after 2 warm-up steps (``torch.profiler``): the
-    table of the ``rows`` ops with the most self CPU time."""
+def op_averages(train_step, steps: int):
+    """``torch.profiler``'s per-op CPU times (``key_averages()``) over ``steps`` calls of ``train_step``."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            train_step()
+    return prof.key_averages()
+
+
+def profile(spec: dict, rows: int = 20) -> str:
+    """Per-op CPU time of ``spec["steps"]`` training steps after 2 warm-up steps (``torch.profiler``): the
+    table of the ``rows`` ops with the most self CPU time."""
     _, _, train_step, _ = setup(spec)
     for _ in range(2):
         train_step()
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(spec["steps"]):
-            train_step()
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    return op_averages(train_step, spec["steps"]).table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
 def worker(spec: dict) -> dict:
@@ -217,12 +222,7 @@ def convolution_share(train_step) -> float:
     kernels, forward and backward (ops whose name contains ``conv``: ``mkldnn_convolution``,
     ``convolution_backward``, ...): with equal convolutions on both sides, ``ratio / share`` bounds what
     ours / diffusers can reach by speeding up everything else."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        train_step()
-    events = prof.key_averages()
+    events = op_averages(train_step, 1)
     total = sum(e.self_cpu_time_total for e in events)
     conv = sum(e.self_cpu_time_total for e in events if "conv" in e.key.lower())
     return conv / total if total else float("nan")
