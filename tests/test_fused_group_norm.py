@@ -178,7 +178,8 @@ def test_a_killed_build_leaves_no_lock_that_blocks_the_next(tmp_path):
     for ever; under our flock it is known to be stale and removed, so a fresh build completes."""
     code = (
         "from diffusionlab.nets import fused_group_norm as f\n"
-        "(f._build_dir(f._build_name()) / 'lock').write_text('')\n"
+        "from diffusionlab.utils import cpp_kernels as k\n"
+        "(k.build_dir(k.build_name(f.SOURCE, f.PREFIX, f.CFLAGS)) / 'lock').write_text('')\n"
         "print(f.available())\n"
     )
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusionlab.metrics.preprocess import INCEPTION_SIZE, check_images, resize_tf1_bilinear
+from diffusionlab.metrics.winograd import WinogradConvReLU, eligible
 
 # torch-fidelity's FeatureExtractorInceptionV3 attributes, in forward order, up to the 2048-d pool3 features
 # (Conv2d_1a_3x3 is applied by FoldedInceptionNet itself: it needs the grayscale variant of its weight)
@@ -87,14 +88,35 @@ def _is_basic_conv(module: nn.Module) -> bool:
     return isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
 
 
+def _replace_modules(module: nn.Module, convert) -> nn.Module:
+    """``convert(module)`` if that is not None, else ``module`` with each child replaced the same way (in
+    place)."""
+    new = convert(module)
+    if new is not None:
+        return new
+    for name, child in module.named_children():
+        setattr(module, name, _replace_modules(child, convert))
+    return module
+
+
 def fold_batch_norms(module: nn.Module) -> nn.Module:
     """``module`` with every ``BasicConv2d`` (a module with ``conv`` and ``bn``) in it, or itself, replaced by
     a :class:`FoldedConvReLU` (children are replaced in place)."""
-    if _is_basic_conv(module):
-        return FoldedConvReLU(module)
-    for name, child in module.named_children():
-        setattr(module, name, fold_batch_norms(child))
-    return module
+    return _replace_modules(module, lambda m: FoldedConvReLU(m) if _is_basic_conv(m) else None)
+
+
+def use_winograd(module: nn.Module) -> nn.Module:
+    """``module`` with every :class:`FoldedConvReLU` that has a Winograd variant here
+    (:func:`~diffusionlab.metrics.winograd.eligible`: the stride-1 3x3, 5x5, 1x7, 7x1, 1x3 and 3x1 ones with
+    >= 48 input channels) replaced by a :class:`~diffusionlab.metrics.winograd.WinogradConvReLU` holding the
+    same parameters."""
+
+    def convert(m: nn.Module) -> nn.Module | None:
+        if isinstance(m, FoldedConvReLU) and eligible(m.weight, m.stride, m.padding):
+            return WinogradConvReLU(m.weight, m.bias, m.padding)
+        return None
+
+    return _replace_modules(module, convert)
 
 
 # the mixed blocks run by run_mixed_block: each branch but the pool one as a chain of torch-fidelity attribute
@@ -152,15 +174,24 @@ class FoldedInceptionNet(nn.Module):
     over and folded; ``with_logits`` keeps its ``fc`` weight for Inception Score). Preprocessing is
     :func:`~diffusionlab.metrics.preprocess.inception_input`'s: TF-1.x bilinear resize to 299, ``x/128 - 1``.
     ``chunks``: images per pass in each of the :data:`STAGES` on the CPU (speed only; the features do not
-    depend on it; other devices run each stage on the whole batch).
+    depend on it; other devices run each stage on the whole batch). ``winograd``: run the eligible
+    convolutions by Winograd (:func:`use_winograd`; on the CPU when its kernel builds, direct otherwise).
     """
 
-    def __init__(self, tf_inception: nn.Module, with_logits: bool, chunks: tuple[int, int, int] = CHUNKS):
+    def __init__(
+        self,
+        tf_inception: nn.Module,
+        with_logits: bool,
+        chunks: tuple[int, int, int] = CHUNKS,
+        winograd: bool = True,
+    ):
         super().__init__()
         if len(chunks) != len(STAGES) or any(not isinstance(c, int) or c < 1 for c in chunks):
             raise ValueError(f"chunks must be {len(STAGES)} positive image counts (one per stage), got {chunks!r}")
         self.chunks = tuple(chunks)
         self.layers = nn.ModuleList(fold_batch_norms(getattr(tf_inception, name)) for name in LAYERS)
+        if winograd:
+            use_winograd(self.layers)
         first = self.layers[0]
         # three equal input channels: the same conv as one channel with the weight summed over channels
         self.gray_weight = nn.Parameter(first.weight.sum(1, keepdim=True).contiguous(), requires_grad=False)
