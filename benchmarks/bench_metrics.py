@@ -7,18 +7,20 @@ Rows (batch 50 of 28x28 grayscale images, so the resize to 299x299 is included):
 - ``inception torchscript fp32``: the offline FID Inception as the TorchScript graph (the reference), on the
   whole batch at once and in batches of 8 (small batches keep activations in cache: a fairer peer);
 - ``inception folded fp32``: the default extractor, the same network with batch norms folded, a grayscale
-  first conv, channels-last, pools moved after their 1x1 convs and three stages run on a few images at a time
-  (:mod:`diffusionlab.metrics.inception_folded`), its speed-up over the
-  TorchScript graph and its largest per-image relative feature deviation ``|f - f_ref| / |f_ref|`` from it
-  (must stay < 1e-3);
-- lossy variants, on record but not used: the TorchScript graph and the folded network under
+  first conv, channels-last, pools moved after their 1x1 convs, three stages run on a few images at a time
+  (:mod:`diffusionlab.metrics.inception_folded`) and 47 of its convolutions by Winograd
+  (:mod:`diffusionlab.metrics.winograd`), its speed-up over the TorchScript graph and its largest per-image
+  relative feature deviation ``|f - f_ref| / |f_ref|`` from it (must stay < 1e-3); ``without Winograd``: the
+  same with direct convolutions only;
+- lossy variants, on record but not used: the TorchScript graph and the folded network (direct convolutions) under
   ``torch.autocast('cpu', torch.bfloat16)``, and the folded network in float32 with oneDNN rounding its
   convolutions' inputs to bf16 (``torch.backends.mkldnn.conv.fp32_precision = "bf16"``), each with its largest
   per-image relative feature deviation from the TorchScript graph (FID is not computed this way: > 1e-3);
 - ``float32 ceiling``: the Inception's FLOPs per image (``torch.utils.flop_counter``: 11.4 G at 299x299) at
   the rate of its fastest convolution measured in the same run (Mixed_5b's 5x5, batch 64, all threads; at
-  or above a float32 matmul's rate here): the images/s an exact float32 extractor would reach with every
-  FLOP at that rate, its ratio to the TorchScript graph, and the folded network's share of it;
+  or above a float32 matmul's rate here): the images/s a direct float32 extractor would reach with every
+  FLOP at that rate, its ratio to the TorchScript graph, and the folded network's share of it (above 1 with
+  Winograd, which needs fewer products);
 - ``inception torch-fidelity fp32``: torch-fidelity's eager network holding the same weights;
 - ``domain classifier``: the MNIST CNN's features (random weights: speed only);
 - ``fid 2048-d`` / ``kid 100x1000``: seconds for one FID (2048 x 2048 eigenvalue problem, independent of n)
@@ -85,19 +87,32 @@ def main() -> None:
 
     from diffusionlab.metrics import scores
     from diffusionlab.metrics.classifier import ClassifierFeatures, DomainClassifier
-    from diffusionlab.metrics.features import load_inception, torch_fidelity_weights_from_torchscript
+    from diffusionlab.metrics.features import (
+        load_inception,
+        torch_fidelity_skeleton,
+        torch_fidelity_weights_from_torchscript,
+    )
+    from diffusionlab.metrics.inception_folded import FoldedInceptionNet
     from diffusionlab.utils.io import atomic_write_json
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.batch, 1, 28, 28), dtype=torch.uint8, generator=g)
     ts = load_inception(args.weights, folded=False)
     folded = load_inception(args.weights)
+    direct = FoldedInceptionNet(torch_fidelity_skeleton(), with_logits=False, winograd=False)
+    direct.load_state_dict(folded.net.state_dict())
     rows: dict[str, float] = {}
 
     rows["inception torchscript fp32 (img/s)"] = images_per_second(ts, images, args.batches, args.repeats)
     rows["inception folded fp32 (img/s)"] = images_per_second(folded, images, args.batches, args.repeats)
     speedup = rows["inception folded fp32 (img/s)"] / rows["inception torchscript fp32 (img/s)"]
     rows["folded / torchscript (x)"] = speedup
+    rows["inception folded fp32 without Winograd (img/s)"] = images_per_second(
+        direct, images, args.batches, args.repeats
+    )
+    rows["folded without Winograd / torchscript (x)"] = (
+        rows["inception folded fp32 without Winograd (img/s)"] / rows["inception torchscript fp32 (img/s)"]
+    )
 
     def in_chunks_of_8(x):  # the TorchScript graph with the folded net's trick of small batches (a fairer peer)
         return torch.cat([ts(part)[0] for part in x.split(8)]), None
@@ -109,7 +124,7 @@ def main() -> None:
         rows["inception folded fp32 (img/s)"] / rows["inception torchscript fp32, batches of 8 (img/s)"]
     )
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        folded(images[:1])
+        direct(images[:1])  # the kernel's Winograd products are invisible to the counter: count the direct ones
     conv_flops = fastest_layer_flops_per_second(args.repeats + 3)
     ceiling = conv_flops / counter.get_total_flops()
     rows["float32 conv, fastest Inception layer (GFLOP/s)"] = conv_flops / 1e9
@@ -135,14 +150,14 @@ def main() -> None:
     def onednn_bf16(x):  # float32 tensors, oneDNN rounds the convolutions' inputs to bf16 inside
         torch.backends.mkldnn.conv.fp32_precision = "bf16"
         try:
-            return folded(x)
+            return direct(x)
         finally:
             torch.backends.mkldnn.conv.fp32_precision = "none"
 
     # faster but not exact enough for FID (> 1e-3): measured so the trade-off is on record
     lossy = {
         "inception torchscript bf16 autocast": autocast_bf16(ts),
-        "inception folded bf16 autocast": autocast_bf16(folded),
+        "inception folded bf16 autocast": autocast_bf16(direct),
         "inception folded fp32, oneDNN bf16 convs": onednn_bf16,
     }
     for name, fn in lossy.items():

@@ -89,14 +89,25 @@ def user_error_output(fn, *args, capsys) -> str:
     return err
 
 
-def require_fused_group_norm() -> None:
-    """Skip when this machine has no C++ compiler; where it has one, the fused GroupNorm kernel must build."""
+def require_cpp_kernel(what: str, available, without: str) -> None:
+    """Skip when this machine has no C++ compiler (``without``: what runs instead); where it has one, the kernel
+    (``available()``, e.g. ``fused_group_norm.available``) must build."""
     import shutil
 
     import pytest
 
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip(f"no C++ compiler: the {what} cannot be built here ({without})")
+    assert available(), f"g++ exists but the {what} did not build (see the warning)"
+
+
+def require_fused_group_norm() -> None:
     from diffusionlab.nets import fused_group_norm
 
-    if shutil.which("g++") is None and shutil.which("c++") is None:
-        pytest.skip("no C++ compiler: the fused GroupNorm kernel cannot be built here (the NCHW detour is used)")
-    assert fused_group_norm.available(), "g++ exists but the fused GroupNorm kernel did not build (see the warning)"
+    require_cpp_kernel("fused GroupNorm kernel", fused_group_norm.available, "the NCHW detour is used")
+
+
+def require_winograd() -> None:
+    from diffusionlab.metrics import winograd
+
+    require_cpp_kernel("Winograd convolution kernel", winograd.available, "direct convolutions are used")

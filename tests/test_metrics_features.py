@@ -20,6 +20,7 @@ from diffusionlab.metrics.features import (
     torch_fidelity_weights_from_torchscript,
 )
 from diffusionlab.metrics.inception_folded import FoldedInceptionNet
+from diffusionlab.metrics.winograd import WinogradConvReLU
 
 TS_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"  # ../shared/README.md
 
@@ -60,10 +61,13 @@ def test_torchscript_features_equal_torch_fidelity_network_on_the_same_weights(
 def test_folded_inception_features_equal_the_torchscript_graph_on_64_real_mnist_images(ts_path, torchscript, data_dir):
     """The fast default extractor (batch norms folded, grayscale first conv, channels-last) against the
     TorchScript graph on 64 real MNIST test images and on RGB noise: features equal to 1e-4 relative per
-    image (measured ~1e-6), so FIDs do not move; same name and sha256, so caches are shared."""
+    image (measured ~7e-6 with the Winograd convolutions, ~1e-6 without), so FIDs do not move; same name and
+    sha256, so caches are shared."""
     folded = load_inception(ts_path)
     assert isinstance(folded, FoldedInception) and not folded.has_logits
     assert (folded.name, folded.sha256) == (torchscript.name, torchscript.sha256)
+    # the stride-1 3x3, 5x5, 1x7, 7x1, 1x3, 3x1 convolutions with >= 48 input channels run by Winograd
+    assert sum(isinstance(m, WinogradConvReLU) for m in folded.net.modules()) == 47
     mnist = load_split("mnist", "test", data_dir)[0][:64]
     rgb = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     for images in (mnist, rgb):
