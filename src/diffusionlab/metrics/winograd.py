@@ -111,7 +111,7 @@ class WinogradConvReLU(nn.Module):
     ``[B, C_in, H, W] -> [B, C_out, H + 2 ph - kh + 1, W + 2 pw - kw + 1]``, channels-last out. The parameters
     are those of the direct convolution (same state dict keys and values); the transformed weights
     ``[A * C_out, C_in, 1, 1]`` (A = tile points) are recomputed in float64 whenever ``weight`` changes
-    (``load_state_dict`` included). Other devices and dtypes run the direct convolution."""
+    (``load_state_dict`` included, also for inference tensors). Other devices and dtypes run the direct convolution."""
 
     def __init__(self, weight: Tensor, bias: Tensor, padding: tuple[int, int]):
         super().__init__()
@@ -129,13 +129,20 @@ class WinogradConvReLU(nn.Module):
     def transformed_weight(self) -> Tensor:
         """``U = Gh g Gw^T`` per (output, input) channel pair, as grouped 1x1 weights ``[A * C_out, C_in, 1, 1]``
         float32 channels-last, group ``a * aw + b`` holding tile point ``(a, b)``."""
-        key = (self.weight.data_ptr(), self.weight._version)
+        try:
+            key = (self.weight.data_ptr(), self.weight._version)
+        except RuntimeError:  # an inference tensor (made under torch.inference_mode) has no version counter
+            key = (self.weight.data_ptr(), None)
         if self._cached is None or self._cached[0] != key:
             gh, gw = self._g
             u = torch.einsum("ai,ocij,bj->aboc", gh, self.weight.detach().double().cpu(), gw)
             u = u.reshape(-1, self.weight.shape[1], 1, 1).float()  # [A * C_out, C_in, 1, 1]
             self._cached = (key, u.contiguous(memory_format=torch.channels_last))
         return self._cached[1]
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._cached = None  # new weights, copied in place (an inference tensor's copy leaves no version trace)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.device.type != "cpu" or x.dtype != torch.float32 or not available():
