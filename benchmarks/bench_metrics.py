@@ -185,7 +185,7 @@ def main() -> None:
 
     print(f"metrics benchmark: batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     for name, value in rows.items():
-        print(f"  {name:<66} {value:10.3f}")
+        print(f"  {name:<66} {value:10.2e}" if "deviation" in name else f"  {name:<66} {value:10.3f}")
     if args.json:
         atomic_write_json(args.json, rows)
 

@@ -4,6 +4,9 @@ blocks), the transformed weights follow ``load_state_dict``, and bad input is re
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -128,3 +131,26 @@ def test_kernel_refuses_bad_input_by_name():
         torch.ops.diffusionlab_wino.conv(x, u, bias[:16], *transforms, 1, 1, True, 64)
     with pytest.raises(RuntimeError, match="smaller than the kernel"):
         torch.ops.diffusionlab_wino.conv(x[:, :, :1, :1], u, bias, *transforms, 0, 0, True, 64)
+
+
+def test_without_a_compiler_direct_convolutions_run_with_a_warning(tmp_path):
+    """No C++ compiler on PATH and an empty extensions folder: the build fails, one warning says why and what
+    runs instead, and the layer still computes its convolution (directly); DIFFUSIONLAB_WINOGRAD=0 skips the
+    attempt silently."""
+    code = (
+        "import torch, torch.nn.functional as F\n"
+        "from diffusionlab.metrics import winograd\n"
+        "w, b = torch.randn(32, 48, 3, 3), torch.randn(32)\n"
+        "layer = winograd.WinogradConvReLU(w, b, (1, 1))\n"
+        "x = torch.rand(1, 48, 6, 6).contiguous(memory_format=torch.channels_last)\n"
+        "print(winograd.available(), torch.equal(layer(x), F.relu(F.conv2d(x, w, b, 1, 1))))\n"
+    )
+    env = {"PATH": str(tmp_path / "empty"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True"]
+    assert "Winograd convolution kernel could not be built" in out.stderr and "direct convolutions" in out.stderr
+    off = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "DIFFUSIONLAB_WINOGRAD": "0"}, capture_output=True, text=True
+    )
+    assert off.returncode == 0 and off.stdout.split() == ["False", "True"] and "could not" not in off.stderr

@@ -37,6 +37,7 @@ from diffusionlab.metrics.preprocess import (
     quantize,
     to_rgb,
 )
+from diffusionlab.metrics.winograd import available as winograd_available
 
 TORCH_FIDELITY_URL_NAME = "weights-inception-2015-12-05-6726825d.pth"
 
@@ -197,9 +198,10 @@ def torch_fidelity_skeleton() -> nn.Module:
 
 class FoldedInception(FeatureExtractor):
     """The same network as ``reference`` (a :class:`TorchScriptInception` or :class:`TorchFidelityInception`)
-    with its batch norms folded into the convolutions (:mod:`.inception_folded`): faster in float32, features
-    equal to the reference's to ~1e-6 relative. Keeps the reference's ``name``, ``sha256`` and logits, so
-    reference-statistics caches are shared with it; ``source`` says it is folded."""
+    with its batch norms folded into the convolutions and most of them run by Winograd
+    (:mod:`.inception_folded`): faster in float32, features equal to the reference's to ~1e-5 relative. Keeps
+    the reference's ``name``, ``sha256`` and logits, so reference-statistics caches are shared with it;
+    ``source`` says it is folded (and whether the Winograd kernel runs)."""
 
     num_features = 2048
 
@@ -213,8 +215,9 @@ class FoldedInception(FeatureExtractor):
         else:
             raise TypeError(f"FoldedInception folds a TorchScript or torch-fidelity Inception, got {reference!r}")
         self.name, self.sha256, self.has_logits = reference.name, reference.sha256, reference.has_logits
-        self.source = f"{reference.source}, batch norms folded (eager, channels-last)"
         self.net = FoldedInceptionNet(tf_net.cpu(), with_logits=reference.has_logits)
+        winograd = ", Winograd convolutions" if winograd_available() else ""
+        self.source = f"{reference.source}, batch norms folded{winograd} (eager, channels-last)"
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         return self.net(images)

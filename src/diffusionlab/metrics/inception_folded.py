@@ -14,16 +14,22 @@ measured on real MNIST; ``tests/test_metrics_features.py`` asserts 1e-4):
   before it (:func:`run_mixed_block`): both are linear maps, one over channels and one over pixels with
   weights summing to 1, so they commute, bias included, and the pool then sees 32-192 channels, not 192-2048.
 
+One change of arithmetic, within float32 rounding: the 47 stride-1 convolutions with a 3x3, 5x5, 1x7, 7x1, 1x3
+or 3x1 kernel and >= 48 input channels run by Winograd's algorithm (:func:`use_winograd`,
+:mod:`diffusionlab.metrics.winograd`: 2-6x fewer products); the features then equal the TorchScript graph
+to ~7e-6 relative instead of ~1e-6.
+
 And one change of schedule: the layers run in three stages, each on a few images at a time
 (:data:`CHUNKS`, on the CPU only), so that a stage's activations stay in the CPU's caches. The stem's
 activations are up to 5.5 MB per image (``[64, 147, 147]`` floats), so a batch of 50 streams them through
 memory; the 17x17 and 8x8 blocks have small activations and large weights, so they want the most images per
 pass. Every image goes through the same operations either way: the features equal a one-pass batch's
-(bitwise in the measurements here).
+(bitwise without Winograd; to float32 rounding with it, whose products run on blocks of tiles).
 
 Measured on a 2-core Xeon with AMX (2026-12-06, 2 threads, batches of 50 28x28 images): the TorchScript graph
-13.3 images/s, this network 28.6, 68% of what its 11.4 GFLOP per image allow at the rate of its own fastest
-convolution (``benchmarks/bench_metrics.py`` prints these figures).
+13.3 images/s, this network without Winograd 28.6, 68% of what its 11.4 GFLOP per image allow at the rate of
+its own fastest convolution. On a 2-core AMD EPYC Zen 5 (2026-12-06): the graph 14.4, this network 47.6 with
+Winograd and 40.3 without (``benchmarks/bench_metrics.py`` prints these figures).
 """
 
 from __future__ import annotations
