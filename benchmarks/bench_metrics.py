@@ -8,7 +8,7 @@ Rows (batch 50 of 28x28 grayscale images, so the resize to 299x299 is included):
   whole batch at once and in batches of 8 (small batches keep activations in cache: a fairer peer);
 - ``inception folded fp32``: the default extractor, the same network with batch norms folded, a grayscale
   first conv, channels-last, pools moved after their 1x1 convs, three stages run on a few images at a time
-  (:mod:`diffusionlab.metrics.inception_folded`) and 47 of its convolutions by Winograd
+  (:mod:`diffusionlab.metrics.inception_folded`) and 48 of its convolutions by Winograd
   (:mod:`diffusionlab.metrics.winograd`), its speed-up over the TorchScript graph and its largest per-image
   relative feature deviation ``|f - f_ref| / |f_ref|`` from it (must stay < 1e-3); ``without Winograd``: the
   same with direct convolutions only;

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from diffusionlab.metrics import winograd
 from diffusionlab.metrics.inception_folded import FoldedConvReLU, use_winograd
-from diffusionlab.metrics.winograd import TILES, WinogradConvReLU, cook_toom, eligible
+from diffusionlab.metrics.winograd import TILES, WinogradConvReLU, cook_toom, eligible, tile_for
 from tests.helpers import require_winograd
 
 
@@ -35,7 +35,7 @@ def test_cook_toom_refuses_what_it_cannot_build():
         cook_toom(0, 3)
 
 
-def _conv(kernel, c_in=48, c_out=32, padding=None, seed=0):
+def _conv(kernel, c_in=48, c_out=48, padding=None, seed=0):
     gen = torch.Generator().manual_seed(seed)
     kh, kw = kernel
     padding = padding if padding is not None else (kh // 2, kw // 2)
@@ -44,13 +44,15 @@ def _conv(kernel, c_in=48, c_out=32, padding=None, seed=0):
     return weight.contiguous(memory_format=torch.channels_last), bias, padding
 
 
-@pytest.mark.parametrize("kernel", sorted(TILES))
+@pytest.mark.parametrize("kernel, tile", [(kernel, tile) for kernel, tiles in TILES.items() for tile in tiles])
 @pytest.mark.parametrize("same_size", [True, False])
-def test_kernel_equals_the_direct_convolution(kernel, same_size, monkeypatch):
-    """13 x 11 images (no tile count divides them) with 'same' padding and without: the ReLU'd output equals
-    F.conv2d's within 5e-5 of its largest value (Winograd's float32 rounding, ~1e-5 measured; the direct
-    convolution's own is ~2e-7), also when the tiles run in blocks of 7 (partial blocks)."""
+def test_kernel_equals_the_direct_convolution(kernel, tile, same_size, monkeypatch):
+    """13 x 11 images (no tile count divides them) with 'same' padding and without, every kernel and tile: the
+    ReLU'd output equals F.conv2d's within 5e-5 of its largest value (Winograd's float32 rounding, ~1e-5
+    measured; the direct convolution's own is ~2e-7), also when the tiles run in blocks of 7 (partial
+    blocks)."""
     require_winograd()
+    monkeypatch.setattr(winograd, "tile_for", lambda *args: tile)
     weight, bias, padding = _conv(kernel, padding=None if same_size else (0, 0))
     x = torch.relu(torch.randn(2, 48, 13, 11, generator=torch.Generator().manual_seed(1)))
     x = x.contiguous(memory_format=torch.channels_last)
@@ -91,13 +93,20 @@ def test_without_the_kernel_the_direct_convolution_runs(monkeypatch):
     torch.testing.assert_close(layer(x), F.relu(F.conv2d(x, weight, bias, 1, padding)), atol=0, rtol=0)
 
 
+def test_tile_choice_minimises_products_per_output_pixel():
+    assert tile_for((3, 3), 8, 8) == (4, 4)  # 6x6 tiles would compute 12x12 for 8x8
+    assert tile_for((3, 3), 35, 35) == (6, 6) and tile_for((3, 3), 147, 147) == (6, 6)
+    assert tile_for((1, 7), 17, 17) == (1, 4) and tile_for((5, 5), 35, 35) == (4, 4)
+
+
 def test_eligible_convolutions_and_the_inception_swap():
     """Stride 1, a kernel with a variant, >= 48 input channels, multiples of 16; use_winograd swaps exactly
     those FoldedConvReLU modules and keeps their parameters."""
     w = torch.zeros(64, 48, 3, 3)
     assert eligible(w, (1, 1), (1, 1)) and eligible(w, (1, 1), (0, 0))
     assert not eligible(w, (2, 2), (1, 1))  # strided
-    assert not eligible(torch.zeros(64, 32, 3, 3), (1, 1), (1, 1))  # too few input channels to pay
+    assert eligible(torch.zeros(64, 32, 3, 3), (1, 1), (1, 1))  # 32 x 64 channels: pays
+    assert not eligible(torch.zeros(32, 32, 3, 3), (1, 1), (1, 1))  # too few channels to pay
     assert not eligible(torch.zeros(64, 56, 3, 3), (1, 1), (1, 1))  # not a multiple of 16
     assert not eligible(torch.zeros(64, 48, 1, 1), (1, 1), (0, 0))  # nothing to save
     assert not eligible(w, (1, 1), (3, 3))  # padding as large as the kernel
@@ -122,12 +131,12 @@ def test_kernel_refuses_bad_input_by_name():
     require_winograd()
     weight, bias, padding = _conv((3, 3))
     layer = WinogradConvReLU(weight, bias, padding)
-    u, transforms = layer.transformed_weight(), layer._transforms
+    u, transforms = layer.transformed((4, 4))
     x = torch.rand(1, 48, 8, 8)  # NCHW
     with pytest.raises(RuntimeError, match="channels_last"):
         torch.ops.diffusionlab_wino.conv(x, u, bias, *transforms, 1, 1, True, 64)
     x = x.contiguous(memory_format=torch.channels_last)
-    with pytest.raises(RuntimeError, match="bias must be contiguous float32 \\[32\\]"):
+    with pytest.raises(RuntimeError, match="bias must be contiguous float32 \\[48\\]"):
         torch.ops.diffusionlab_wino.conv(x, u, bias[:16], *transforms, 1, 1, True, 64)
     with pytest.raises(RuntimeError, match="smaller than the kernel"):
         torch.ops.diffusionlab_wino.conv(x[:, :, :1, :1], u, bias, *transforms, 0, 0, True, 64)
@@ -140,7 +149,7 @@ def test_without_a_compiler_direct_convolutions_run_with_a_warning(tmp_path):
     code = (
         "import torch, torch.nn.functional as F\n"
         "from diffusionlab.metrics import winograd\n"
-        "w, b = torch.randn(32, 48, 3, 3), torch.randn(32)\n"
+        "w, b = torch.randn(48, 48, 3, 3), torch.randn(48)\n"
         "layer = winograd.WinogradConvReLU(w, b, (1, 1))\n"
         "x = torch.rand(1, 48, 6, 6).contiguous(memory_format=torch.channels_last)\n"
         "print(winograd.available(), torch.equal(layer(x), F.relu(F.conv2d(x, w, b, 1, 1))))\n"

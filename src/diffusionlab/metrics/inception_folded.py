@@ -14,8 +14,8 @@ measured on real MNIST; ``tests/test_metrics_features.py`` asserts 1e-4):
   before it (:func:`run_mixed_block`): both are linear maps, one over channels and one over pixels with
   weights summing to 1, so they commute, bias included, and the pool then sees 32-192 channels, not 192-2048.
 
-One change of arithmetic, within float32 rounding: the 47 stride-1 convolutions with a 3x3, 5x5, 1x7, 7x1, 1x3
-or 3x1 kernel and >= 48 input channels run by Winograd's algorithm (:func:`use_winograd`,
+One change of arithmetic, within float32 rounding: the 48 stride-1 convolutions with a 3x3, 5x5, 1x7, 7x1, 1x3
+or 3x1 kernel and at least 32 x 64 channels run by Winograd's algorithm (:func:`use_winograd`,
 :mod:`diffusionlab.metrics.winograd`: 2-6x fewer products); the features then equal the TorchScript graph
 to ~7e-6 relative instead of ~1e-6.
 
@@ -114,7 +114,7 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
 def use_winograd(module: nn.Module) -> nn.Module:
     """``module`` with every :class:`FoldedConvReLU` that has a Winograd variant here
     (:func:`~diffusionlab.metrics.winograd.eligible`: the stride-1 3x3, 5x5, 1x7, 7x1, 1x3 and 3x1 ones with
-    >= 48 input channels) replaced by a :class:`~diffusionlab.metrics.winograd.WinogradConvReLU` holding the
+    at least 32 x 64 channels) replaced by a :class:`~diffusionlab.metrics.winograd.WinogradConvReLU` holding the
     same parameters."""
 
     def convert(m: nn.Module) -> nn.Module | None:

@@ -193,6 +193,7 @@ at::Tensor conv(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias
   // F(4x4, 3x3), F(4x4, 5x5), F(1x4, 1x7), F(4x1, 7x1), F(1x4, 1x3), F(4x1, 3x1)
   DIFFUSIONLAB_WINO_CASE(6, 6, 4, 4)
   DIFFUSIONLAB_WINO_CASE(8, 8, 4, 4)
+  DIFFUSIONLAB_WINO_CASE(8, 8, 6, 6)
   DIFFUSIONLAB_WINO_CASE(1, 10, 1, 4)
   DIFFUSIONLAB_WINO_CASE(10, 1, 4, 1)
   DIFFUSIONLAB_WINO_CASE(1, 6, 1, 4)
