@@ -85,6 +85,26 @@ def test_transformed_weights_follow_load_state_dict(inference):
     torch.testing.assert_close(after, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kernel_runs", [True, False])
+def test_write_into_fills_only_its_channels_of_a_wider_output(kernel_runs, monkeypatch):
+    """A mixed block's concatenation slot: channels [16, 64) of an 80-channel output get exactly the layer's
+    output, the others keep what they held (NaN here); the same without the kernel (a slice copy)."""
+    if kernel_runs:
+        require_winograd()
+    else:
+        monkeypatch.setattr(winograd, "available", lambda: False)
+    weight, bias, padding = _conv((3, 3))
+    layer = WinogradConvReLU(weight, bias, padding)
+    x = torch.rand(2, 48, 9, 7).contiguous(memory_format=torch.channels_last)
+    out = torch.full((2, 80, 9, 7), float("nan")).contiguous(memory_format=torch.channels_last)
+    layer.write_into(x, out, 16)
+    assert torch.equal(out[:, 16:64], layer(x))
+    assert out[:, :16].isnan().all() and out[:, 64:].isnan().all()
+    if kernel_runs:  # a slot past the output's last channel is refused by name
+        with pytest.raises(RuntimeError, match="out must be a channels_last float32"):
+            torch.ops.diffusionlab_wino.conv_into(*layer._kernel_arguments(x), out, 40)
+
+
 def test_without_the_kernel_the_direct_convolution_runs(monkeypatch):
     weight, bias, padding = _conv((1, 7))
     layer = WinogradConvReLU(weight, bias, padding)

@@ -151,25 +151,41 @@ def run_mixed_block(block: nn.Module, x: Tensor) -> Tensor:
     """torch-fidelity's ``InceptionA`` / ``C`` / ``E_1`` / ``E_2`` forward (folded), ``[B, C_in, H, W] ->
     [B, C_out, H, W]``, with the average-pool branch reordered to ``relu(avg_pool(conv1x1(x)))`` (see the
     module docstring; ``count_include_pad=False`` keeps the pool's weights summing to 1 at the borders) and one
-    concatenation of all the branch outputs in torch-fidelity's order instead of nested ones."""
+    concatenation of all the branch outputs in torch-fidelity's order instead of nested ones: the branches
+    whose last layer runs by Winograd write straight into their channels of the output, the others are
+    copied there."""
     kind = type(block).__name__
-    outputs = []
+    finals = []  # (each branch's last layer, its input), in torch-fidelity's concatenation order
     for chain in BRANCHES[kind]:
         y = x
-        for step in chain:
+        for i, step in enumerate(chain):
             if isinstance(step, tuple):
-                outputs += [getattr(block, head)(y) for head in step]
+                finals += [(getattr(block, head), y) for head in step]
+                break
+            if i == len(chain) - 1:
+                finals.append((getattr(block, step), y))
                 break
             y = getattr(block, step)(y)
-        else:
-            outputs.append(y)
     pool = block.branch_pool
     if kind == "InceptionE_2":  # a max pool does not commute with the conv: pool first, as torch-fidelity
-        outputs.append(pool(F.max_pool2d(x, kernel_size=3, stride=1, padding=1)))
+        pooled = pool(F.max_pool2d(x, kernel_size=3, stride=1, padding=1))
     else:
         y = F.conv2d(x, pool.weight, pool.bias)  # [B, C_pool, H, W]
-        outputs.append(F.relu_(F.avg_pool2d(y, kernel_size=3, stride=1, padding=1, count_include_pad=False)))
-    return torch.cat(outputs, 1)
+        pooled = F.relu_(F.avg_pool2d(y, kernel_size=3, stride=1, padding=1, count_include_pad=False))
+    if not any(isinstance(layer, WinogradConvReLU) for layer, _ in finals):
+        return torch.cat([layer(y) for layer, y in finals] + [pooled], 1)
+    widths = [layer.weight.shape[0] for layer, _ in finals]
+    shape = (x.shape[0], sum(widths) + pooled.shape[1], *pooled.shape[2:])  # [B, C_out, H, W]
+    out = torch.empty(shape, dtype=pooled.dtype, device=pooled.device, memory_format=torch.channels_last)
+    offset = 0
+    for (layer, y), width in zip(finals, widths, strict=True):
+        if isinstance(layer, WinogradConvReLU):
+            layer.write_into(y, out, offset)
+        else:
+            out[:, offset : offset + width] = layer(y)
+        offset += width
+    out[:, offset:] = pooled
+    return out
 
 
 class FoldedInceptionNet(nn.Module):

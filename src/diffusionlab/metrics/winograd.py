@@ -163,11 +163,28 @@ class WinogradConvReLU(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
         self._cached = {}  # new weights, copied in place (an inference tensor's copy leaves no version trace)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _kernel_arguments(self, x: Tensor) -> tuple | None:
+        """The kernel's arguments for ``x`` up to ``block``, or None where it does not run (another device or
+        dtype, or no kernel)."""
         if x.device.type != "cpu" or x.dtype != torch.float32 or not available():
-            return F.relu_(F.conv2d(x, self.weight, self.bias, 1, self.padding))
+            return None
         kh, kw = self.weight.shape[2:]
         out_h, out_w = x.shape[2] + 2 * self.padding[0] - kh + 1, x.shape[3] + 2 * self.padding[1] - kw + 1
         u, transforms = self.transformed(tile_for((kh, kw), out_h, out_w))
         x = x.contiguous(memory_format=torch.channels_last)
-        return torch.ops.diffusionlab_wino.conv(x, u, self.bias, *transforms, *self.padding, True, BLOCK)
+        return (x, u, self.bias, *transforms, *self.padding, True, BLOCK)
+
+    def forward(self, x: Tensor) -> Tensor:
+        arguments = self._kernel_arguments(x)
+        if arguments is None:
+            return F.relu_(F.conv2d(x, self.weight, self.bias, 1, self.padding))
+        return torch.ops.diffusionlab_wino.conv(*arguments)
+
+    def write_into(self, x: Tensor, out: Tensor, offset: int) -> None:
+        """``out[:, offset : offset + C_out] = self(x)``, written in place by the kernel when it runs (``out``:
+        a channels-last ``[B, C_total, H', W']`` tensor, e.g. a concatenation being filled)."""
+        arguments = self._kernel_arguments(x)
+        if arguments is None or out.dtype != torch.float32 or not out.is_contiguous(memory_format=torch.channels_last):
+            out[:, offset : offset + self.weight.shape[0]] = self(x)
+        else:
+            torch.ops.diffusionlab_wino.conv_into(*arguments, out, offset)

@@ -90,11 +90,13 @@ void input_transform(const float* x, const Tiling& g, const float* bth, const fl
   });
 }
 
-// The outputs of tiles t0 .. t0 + count - 1: act(ATh M ATw^T + bias), m[k][a * AW + b][co]; parts of a tile
+// The outputs of tiles t0 .. t0 + count - 1: act(ATh M ATw^T + bias), m[k][a * AW + b][co], written to y with
+// `stride` floats between pixels (co, or more when y is a channel slice of a wider tensor); parts of a tile
 // past the output's last row or column are not written.
 template <int AH, int AW, int MH, int MW>
-void output_transform(const float* m, const Tiling& g, int64_t co, int64_t ho, int64_t wo, const float* ath,
-                      const float* atw, const float* bias, bool relu, int64_t t0, int64_t count, float* y) {
+void output_transform(const float* m, const Tiling& g, int64_t co, int64_t stride, int64_t ho, int64_t wo,
+                      const float* ath, const float* atw, const float* bias, bool relu, int64_t t0, int64_t count,
+                      float* y) {
   at::parallel_for(0, count, 8, [&](int64_t begin, int64_t end) {
     float ah[MH][AH], aw[MW][AW];
     std::copy(ath, ath + MH * AH, &ah[0][0]);
@@ -104,7 +106,7 @@ void output_transform(const float* m, const Tiling& g, int64_t co, int64_t ho, i
       int64_t img, y0, x0;
       g.locate(t0 + k, MH, MW, img, y0, x0);
       const float* mt = m + k * AH * AW * co;
-      float* yb = y + img * ho * wo * co;
+      float* yb = y + img * ho * wo * stride;
       for (int64_t c0 = 0; c0 < co; c0 += L) {
         for (int i = 0; i < MH; ++i)
           for (int b = 0; b < AW; ++b) {
@@ -117,7 +119,7 @@ void output_transform(const float* m, const Tiling& g, int64_t co, int64_t ho, i
           }
         for (int i = 0; i < MH && y0 + i < ho; ++i)
           for (int j = 0; j < MW && x0 + j < wo; ++j) {
-            float* dst = yb + ((y0 + i) * wo + x0 + j) * co + c0;
+            float* dst = yb + ((y0 + i) * wo + x0 + j) * stride + c0;
 #pragma omp simd
             for (int l = 0; l < L; ++l) {
               float acc = bias[c0 + l];
@@ -133,7 +135,7 @@ void output_transform(const float* m, const Tiling& g, int64_t co, int64_t ho, i
 template <int AH, int AW, int MH, int MW>
 void run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias, const at::Tensor& bt_h,
          const at::Tensor& bt_w, const at::Tensor& at_h, const at::Tensor& at_w, const Tiling& g, int64_t ho,
-         int64_t wo, bool relu, int64_t block, at::Tensor& y) {
+         int64_t wo, bool relu, int64_t block, float* y, int64_t stride) {
   constexpr int64_t A = AH * AW;
   const int64_t co = u.size(0) / A, tiles = x.size(0) * g.tiles_h * g.tiles_w;
   auto v = at::empty({std::min(block, tiles), A * g.c}, x.options());
@@ -146,9 +148,8 @@ void run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias, const
     auto m = at::conv2d(pixels, u, std::nullopt, at::IntArrayRef({1, 1}), at::IntArrayRef({0, 0}),
                         at::IntArrayRef({1, 1}), A)
                  .contiguous(at::MemoryFormat::ChannelsLast);  // [1, A*Co, 1, count]: [count, A, Co] in memory
-    output_transform<AH, AW, MH, MW>(m.data_ptr<float>(), g, co, ho, wo, at_h.data_ptr<float>(),
-                                     at_w.data_ptr<float>(), bias.data_ptr<float>(), relu, t0, count,
-                                     y.data_ptr<float>());
+    output_transform<AH, AW, MH, MW>(m.data_ptr<float>(), g, co, stride, ho, wo, at_h.data_ptr<float>(),
+                                     at_w.data_ptr<float>(), bias.data_ptr<float>(), relu, t0, count, y);
   }
 }
 
@@ -159,9 +160,11 @@ void check_matrix(const at::Tensor& t, int64_t rows, int64_t cols, const char* n
               t.scalar_type(), " ", t.sizes());
 }
 
-at::Tensor conv(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias, const at::Tensor& bt_h,
-                const at::Tensor& bt_w, const at::Tensor& at_h, const at::Tensor& at_w, int64_t ph, int64_t pw,
-                bool relu, int64_t block) {
+// Writes the result to channels [offset, offset + Co) of y, a channels_last float32 [N, C_total, Ho, Wo] tensor
+// (the whole of a new tensor in conv, a concatenation's slot in conv_into).
+void conv_to(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias, const at::Tensor& bt_h,
+             const at::Tensor& bt_w, const at::Tensor& at_h, const at::Tensor& at_w, int64_t ph, int64_t pw,
+             bool relu, int64_t block, const at::Tensor* out, int64_t offset) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 4 &&
                   x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "Winograd conv expects a CPU float32 channels_last [N, C, H, W] tensor, got ", x.scalar_type(), " ",
@@ -184,11 +187,17 @@ at::Tensor conv(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias
   const int64_t ho = x.size(2) + 2 * ph - rh + 1, wo = x.size(3) + 2 * pw - rw + 1;
   TORCH_CHECK(ho > 0 && wo > 0, "Winograd conv: input ", x.sizes(), " is smaller than the kernel");
   const Tiling g{c, x.size(2), x.size(3), ph, pw, (ho + mh - 1) / mh, (wo + mw - 1) / mw};
-  auto y = at::empty({x.size(0), co, ho, wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const at::Tensor& y = *out;
+  TORCH_CHECK(y.scalar_type() == at::kFloat && y.dim() == 4 && y.size(0) == x.size(0) && y.size(2) == ho &&
+                  y.size(3) == wo && offset >= 0 && offset + co <= y.size(1) &&
+                  y.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "Winograd conv: out must be a channels_last float32 [", x.size(0), ", >= ", offset + co, ", ", ho,
+              ", ", wo, "] tensor, got ", y.scalar_type(), " ", y.sizes());
 #define DIFFUSIONLAB_WINO_CASE(AH, AW, MH, MW)                                                   \
   if (ah == AH && aw == AW && mh == MH && mw == MW) {                                            \
-    run<AH, AW, MH, MW>(x, u, bias, bt_h, bt_w, at_h, at_w, g, ho, wo, relu, block, y);          \
-    return y;                                                                                    \
+    run<AH, AW, MH, MW>(x, u, bias, bt_h, bt_w, at_h, at_w, g, ho, wo, relu, block,            \
+                        y.data_ptr<float>() + offset, y.size(1));                                \
+    return;                                                                                      \
   }
   // F(4x4, 3x3), F(4x4, 5x5), F(1x4, 1x7), F(4x1, 7x1), F(1x4, 1x3), F(4x1, 3x1)
   DIFFUSIONLAB_WINO_CASE(6, 6, 4, 4)
@@ -204,10 +213,37 @@ at::Tensor conv(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias
 
 }  // namespace
 
+at::Tensor conv(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias, const at::Tensor& bt_h,
+                const at::Tensor& bt_w, const at::Tensor& at_h, const at::Tensor& at_w, int64_t ph, int64_t pw,
+                bool relu, int64_t block) {
+  TORCH_CHECK(x.dim() == 4 && u.dim() == 4 && at_h.dim() == 2 && at_w.dim() == 2 && bt_h.dim() == 2 &&
+                  bt_w.dim() == 2,
+              "Winograd conv: x and u must be 4-d, the transforms 2-d");
+  const int64_t ho = x.size(2) + 2 * ph - (bt_h.size(0) - at_h.size(0)),
+                wo = x.size(3) + 2 * pw - (bt_w.size(0) - at_w.size(0));
+  const int64_t a = bt_h.size(0) * bt_w.size(0);
+  TORCH_CHECK(ho > 0 && wo > 0 && a > 0, "Winograd conv: input ", x.sizes(), " is smaller than the kernel");
+  auto y = at::empty({x.size(0), u.size(0) / a, ho, wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  conv_to(x, u, bias, bt_h, bt_w, at_h, at_w, ph, pw, relu, block, &y, 0);
+  return y;
+}
+
+void conv_into(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias, const at::Tensor& bt_h,
+               const at::Tensor& bt_w, const at::Tensor& at_h, const at::Tensor& at_w, int64_t ph, int64_t pw,
+               bool relu, int64_t block, const at::Tensor& out, int64_t offset) {
+  conv_to(x, u, bias, bt_h, bt_w, at_h, at_w, ph, pw, relu, block, &out, offset);
+}
+
 TORCH_LIBRARY(diffusionlab_wino, m) {
   m.def(
       "conv(Tensor x, Tensor u, Tensor bias, Tensor bt_h, Tensor bt_w, Tensor at_h, Tensor at_w, int ph, int pw, "
       "bool relu, int block) -> Tensor");
+  m.def(
+      "conv_into(Tensor x, Tensor u, Tensor bias, Tensor bt_h, Tensor bt_w, Tensor at_h, Tensor at_w, int ph, "
+      "int pw, bool relu, int block, Tensor(a!) out, int offset) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(diffusionlab_wino, CPU, m) { m.impl("conv", &conv); }
+TORCH_LIBRARY_IMPL(diffusionlab_wino, CPU, m) {
+  m.impl("conv", &conv);
+  m.impl("conv_into", &conv_into);
+}
