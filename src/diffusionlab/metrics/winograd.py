@@ -1,4 +1,4 @@
-"""Winograd convolutions for the FID Inception on the CPU: the same float32 results with 2-4x fewer products.
+"""Winograd convolutions for the FID Inception on the CPU: the same float32 results with 2-6x fewer products.
 
 A stride-1 convolution with an ``r``-tap kernel computes ``m`` neighbouring outputs from ``m + r - 1`` inputs;
 Winograd's minimal filtering algorithm F(m, r) (Cook-Toom: evaluate at ``m + r - 2`` points and infinity, then

@@ -199,7 +199,7 @@ void conv_to(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias, c
                         y.data_ptr<float>() + offset, y.size(1));                                \
     return;                                                                                      \
   }
-  // F(4x4, 3x3), F(4x4, 5x5), F(1x4, 1x7), F(4x1, 7x1), F(1x4, 1x3), F(4x1, 3x1)
+  // F(4x4, 3x3), F(4x4, 5x5), F(6x6, 3x3), F(1x4, 1x7), F(4x1, 7x1), F(1x4, 1x3), F(4x1, 3x1)
   DIFFUSIONLAB_WINO_CASE(6, 6, 4, 4)
   DIFFUSIONLAB_WINO_CASE(8, 8, 4, 4)
   DIFFUSIONLAB_WINO_CASE(8, 8, 6, 6)
