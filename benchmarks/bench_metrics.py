@@ -46,15 +46,9 @@ DEFAULT_WEIGHTS = ROOT.parent / "shared" / "weights" / "inception-2015-12-05-poo
 
 
 def images_per_second(fn, images: torch.Tensor, batches: int, repeats: int) -> float:
-    with torch.inference_mode():
-        fn(images)  # warm-up (TorchScript profiles its first calls)
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(batches):
-                fn(images)
-            best = min(best, time.perf_counter() - start)
-    return batches * images.shape[0] / best
+    """Images per second of ``fn`` on ``images``: the fastest of ``repeats`` runs of ``batches`` calls after a
+    warm-up call (TorchScript profiles its first calls)."""
+    return alternating_images_per_second({"fn": fn}, images, batches, repeats)["fn"]
 
 
 def alternating_images_per_second(fns: dict, images: torch.Tensor, batches: int, repeats: int) -> dict:

@@ -111,3 +111,15 @@ def require_winograd() -> None:
     from diffusionlab.metrics import winograd
 
     require_cpp_kernel("Winograd convolution kernel", winograd.available, "direct convolutions are used")
+
+
+def run_without_compiler(code: str, tmp_path, **env: str):
+    """``python -c code`` with no C++ compiler on PATH, an empty extensions folder and HOME in ``tmp_path``
+    (plus ``env``): our kernels cannot build there. Returns the CompletedProcess (text output)."""
+    import subprocess
+    import sys
+
+    base = {"PATH": str(tmp_path / "empty"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "HOME": str(tmp_path)}
+    return subprocess.run(
+        [sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, timeout=300
+    )

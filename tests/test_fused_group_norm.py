@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from diffusionlab.nets import fused_group_norm
 from diffusionlab.nets.blocks import GroupNorm, _group_norm_nchw
-from tests.helpers import require_fused_group_norm
+from tests.helpers import require_fused_group_norm, run_without_compiler
 
 
 @pytest.fixture(autouse=True)
@@ -166,8 +166,7 @@ def test_without_a_compiler_the_detour_is_used_with_a_warning(tmp_path):
         "y.sum().backward()\n"
         "print(f.available(), y.dtype, y.is_contiguous(memory_format=torch.channels_last), x.grad.shape)\n"
     )
-    env = {"PATH": str(tmp_path / "empty"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    out = run_without_compiler(code, tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False", "torch.bfloat16", "True", "torch.Size([2,", "8,", "4,", "4])"]
     assert "could not be built" in out.stderr and "NCHW copy instead" in out.stderr

@@ -4,9 +4,6 @@ blocks), the transformed weights follow ``load_state_dict``, and bad input is re
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +11,7 @@ import torch.nn.functional as F
 from diffusionlab.metrics import winograd
 from diffusionlab.metrics.inception_folded import FoldedConvReLU, use_winograd
 from diffusionlab.metrics.winograd import TILES, WinogradConvReLU, cook_toom, eligible, tile_for
-from tests.helpers import require_winograd
+from tests.helpers import require_winograd, run_without_compiler
 
 
 @pytest.mark.parametrize("m, r", [(4, 3), (4, 5), (4, 7), (2, 3), (6, 3)])
@@ -174,12 +171,9 @@ def test_without_a_compiler_direct_convolutions_run_with_a_warning(tmp_path):
         "x = torch.rand(1, 48, 6, 6).contiguous(memory_format=torch.channels_last)\n"
         "print(winograd.available(), torch.equal(layer(x), F.relu(F.conv2d(x, w, b, 1, 1))))\n"
     )
-    env = {"PATH": str(tmp_path / "empty"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    out = run_without_compiler(code, tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False", "True"]
     assert "Winograd convolution kernel could not be built" in out.stderr and "direct convolutions" in out.stderr
-    off = subprocess.run(
-        [sys.executable, "-c", code], env={**env, "DIFFUSIONLAB_WINOGRAD": "0"}, capture_output=True, text=True
-    )
+    off = run_without_compiler(code, tmp_path, DIFFUSIONLAB_WINOGRAD="0")
     assert off.returncode == 0 and off.stdout.split() == ["False", "True"] and "could not" not in off.stderr

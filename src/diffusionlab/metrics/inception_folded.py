@@ -156,16 +156,11 @@ def run_mixed_block(block: nn.Module, x: Tensor) -> Tensor:
     copied there."""
     kind = type(block).__name__
     finals = []  # (each branch's last layer, its input), in torch-fidelity's concatenation order
-    for chain in BRANCHES[kind]:
+    for *body, last in BRANCHES[kind]:
         y = x
-        for i, step in enumerate(chain):
-            if isinstance(step, tuple):
-                finals += [(getattr(block, head), y) for head in step]
-                break
-            if i == len(chain) - 1:
-                finals.append((getattr(block, step), y))
-                break
+        for step in body:
             y = getattr(block, step)(y)
+        finals += [(getattr(block, head), y) for head in (last if isinstance(last, tuple) else (last,))]
     pool = block.branch_pool
     if kind == "InceptionE_2":  # a max pool does not commute with the conv: pool first, as torch-fidelity
         pooled = pool(F.max_pool2d(x, kernel_size=3, stride=1, padding=1))

@@ -59,7 +59,6 @@ def available() -> bool:
         "Winograd convolution kernel",
         ENV_SWITCH,
         "the FID Inception keeps oneDNN's direct convolutions (slower)",
-        list(cpp_kernels.CFLAGS),
     )
 
 

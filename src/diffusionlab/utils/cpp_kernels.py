@@ -53,7 +53,9 @@ def build_dir(name: str) -> Path | None:
         return None
 
 
-def load_kernel(source: Path, prefix: str, what: str, env_switch: str, fallback: str, cflags: list[str]) -> bool:
+def load_kernel(
+    source: Path, prefix: str, what: str, env_switch: str, fallback: str, cflags: list[str] = CFLAGS
+) -> bool:
     """Compile (if not built yet) and load ``source``; True once its ops are registered in ``torch.ops``.
     False, with a warning naming ``what`` failed and the ``fallback`` used instead, when ``env_switch`` is
     ``0`` (silently) or the build fails (no compiler, no ninja, a read-only cache...)."""
