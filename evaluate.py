@@ -1,5 +1,9 @@
 """Evaluate a run (FID/KID/precision/recall/IS/class accuracy) or two real splits: see configs/evaluate.yaml."""
 
+from diffusionlab.utils.allocator import tune_cpu_allocator
+
+tune_cpu_allocator()  # before torch is imported (it reads THP_MEM_ALLOC_ENABLE once)
+
 import hydra
 from omegaconf import DictConfig
 

@@ -1,5 +1,9 @@
 """Sample from a trained run: `python sample.py ckpt=<run> sampler=ddim steps=50 guidance=2 class=7 n=64`."""
 
+from diffusionlab.utils.allocator import tune_cpu_allocator
+
+tune_cpu_allocator()  # before torch is imported (it reads THP_MEM_ALLOC_ENABLE once)
+
 import sys
 
 import hydra

@@ -1,5 +1,9 @@
 """Train a diffusion model: `python train.py [overrides]` (see configs/train.yaml and the README)."""
 
+from diffusionlab.utils.allocator import tune_cpu_allocator
+
+tune_cpu_allocator()  # before torch is imported (it reads THP_MEM_ALLOC_ENABLE once)
+
 import hydra
 from omegaconf import DictConfig
 

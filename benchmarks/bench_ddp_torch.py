@@ -11,6 +11,10 @@ two processes then independent. Printed: each mode's median step time (the slowe
 
 from __future__ import annotations
 
+from diffusionlab.utils.allocator import tune_cpu_allocator
+
+tune_cpu_allocator()  # before torch is imported; the same for every peer timed here
+
 import argparse
 import os
 import statistics

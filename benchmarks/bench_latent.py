@@ -177,4 +177,7 @@ def _image_loader(images, batch: int):
 
 
 if __name__ == "__main__":
+    from diffusionlab.utils.allocator import tune_cpu_allocator
+
+    tune_cpu_allocator()  # before torch is imported; the same for every peer timed here
     main()

@@ -32,6 +32,10 @@ rounds, so that their ratios see the same moments of the machine.
 
 from __future__ import annotations
 
+from diffusionlab.utils.allocator import tune_cpu_allocator
+
+tune_cpu_allocator()  # before torch is imported; the same for every peer timed here
+
 import argparse
 import os
 import tempfile

@@ -18,6 +18,10 @@ A second table times the samplers alone: the same loops around a network that co
 
 from __future__ import annotations
 
+from diffusionlab.utils.allocator import tune_cpu_allocator
+
+tune_cpu_allocator()  # before torch is imported; the same for every peer timed here
+
 import argparse
 import inspect
 import sys
