@@ -188,32 +188,46 @@ def test_a_killed_build_leaves_no_lock_that_blocks_the_next(tmp_path):
 
 
 def test_portable_build_matches_the_avx512_one(tmp_path):
-    """The forward has an AVX-512 (BF16) path and a portable one for other CPUs; built without AVX512-BF16 the
-    portable path runs and gives the same values within one bfloat16 rounding step (24 channels: the AVX
-    path's masked tail)."""
+    """Forward and backward have AVX-512 (BF16) paths and portable ones for other CPUs; built without
+    AVX512-BF16 the portable paths run and give the same values within one bfloat16 rounding step (24 channels:
+    the AVX paths' masked tail; with and without an offset)."""
     torch.manual_seed(0)
     x = channels_last_bf16(torch.randn(3, 24, 5, 7) * 2 + 0.5)
-    weight, bias = torch.rand(24) + 0.5, torch.randn(24)
-    torch.save((x, weight, bias), tmp_path / "inputs.pt")
+    grad = channels_last_bf16(torch.randn(3, 24, 5, 7))
+    weight, bias, offset = torch.rand(24) + 0.5, torch.randn(24), torch.randn(3, 24)
+    torch.save((x, grad, weight, bias, offset), tmp_path / "inputs.pt")
     code = (
         "import sys, torch\n"
         "from diffusionlab.nets import fused_group_norm as f\n"
         "f.CFLAGS = f.CFLAGS + ['-mno-avx512bf16']\n"
         "assert f.available()\n"
-        "x, w, b = torch.load(sys.argv[1])\n"
-        "torch.save([torch.ops.diffusionlab_gn.forward(x, w, b, None, 4, 1e-5, s)[0] for s in (False, True)],"
-        " sys.argv[2])\n"
+        "x, g, w, b, o = torch.load(sys.argv[1])\n"
+        "out = []\n"
+        "for s in (False, True):\n"
+        "    for off in (None, o):\n"
+        "        y, mean, rstd = torch.ops.diffusionlab_gn.forward(x, w, b, off, 4, 1e-5, s)\n"
+        "        out.append([y, *torch.ops.diffusionlab_gn.backward(g, x, mean, rstd, w, b, off, 4, s)])\n"
+        "torch.save(out, sys.argv[2])\n"
     )
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
     args = [sys.executable, "-c", code, str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")]
-    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    portable = torch.load(tmp_path / "out.pt")
-    for silu, theirs in zip((False, True), portable, strict=True):
-        ours = torch.ops.diffusionlab_gn.forward(x, weight, bias, None, 4, 1e-5, silu)[0]
-        expected = F.group_norm(x.float(), 4, weight, bias)
-        expected = F.silu(expected) if silu else expected
-        # both within bf16 rounding of float32, so within about one step of each other
-        torch.testing.assert_close(ours.float(), expected, atol=2e-2, rtol=8e-3)
-        torch.testing.assert_close(theirs.float(), expected, atol=2e-2, rtol=8e-3)
-        assert (ours.float() - theirs.float()).abs().max() <= 2**-7 * expected.abs().max()
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    portable = iter(torch.load(tmp_path / "out.pt"))
+    for silu in (False, True):
+        for off in (None, offset):
+            y, mean, rstd = torch.ops.diffusionlab_gn.forward(x, weight, bias, off, 4, 1e-5, silu)
+            ours = [y, *torch.ops.diffusionlab_gn.backward(grad, x, mean, rstd, weight, bias, off, 4, silu)]
+            theirs = next(portable)
+            expected = reference(x, 4, weight, bias, 1e-5, silu, grad, off)
+            # y and dx: both within bf16 rounding of float32, so within about one step of each other
+            for mine, other, exact in zip(ours[:2], theirs[:2], expected[:2], strict=True):
+                torch.testing.assert_close(mine.float(), exact, atol=2e-2 * exact.abs().max().item(), rtol=1e-2)
+                assert (mine.float() - other.float()).abs().max() <= 2**-7 * exact.abs().max()
+            # dweight, dbias (and doffset): float32 sums of values that differ by the sigmoids (< 2^-14 apart)
+            for mine, other in zip(ours[2:], theirs[2:], strict=True):
+                assert mine.shape == other.shape
+                if other.numel():  # doffset is empty without an offset
+                    torch.testing.assert_close(mine, other, atol=1e-4 * other.abs().max().item() + 1e-6, rtol=1e-4)
+            if off is not None:
+                torch.testing.assert_close(ours[4], expected[4], atol=1e-2 * expected[4].abs().max().item(), rtol=1e-2)

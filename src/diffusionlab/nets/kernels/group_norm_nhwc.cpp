@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -109,6 +110,119 @@ inline void affine_row(const uint16_t* x, const float* a, const float* b, uint16
   }
 }
 
+// The per-image loops below walk the [hw, c] slab in blocks of up to 64 channels (NV vectors of 16, the last
+// one masked), every row of a block before the next block, so that the per-channel sums stay in registers
+// instead of being loaded and stored for every row. f(std::integral_constant<int, NV>) for nv = 1..4:
+template <typename F>
+inline void with_vectors(int64_t nv, F&& f) {
+  switch (nv) {
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    default: f(std::integral_constant<int, 1>{}); break;
+  }
+}
+
+// Calls f(k0, masks, nv) for each block of channels [k0, k0 + 16 * nv) of c, with NV = nv as a constant.
+template <typename F>
+inline void for_channel_blocks(int64_t c, F&& f) {
+  for (int64_t k0 = 0; k0 < c; k0 += 64) {
+    const int64_t nv = std::min<int64_t>(4, (c - k0 + 15) / 16);
+    __mmask16 m[4];
+    for (int64_t j = 0; j < 4; ++j) m[j] = j < nv ? tail_mask(c - k0 - 16 * j) : 0;
+    with_vectors(nv, [&](auto nvc) { f(k0, m, nvc); });
+  }
+}
+
+// s[k] = sum over rows of (x[p, k] - pivot[k]), ss[k] = the same of its square (group_stats' first pass).
+inline void channel_sums_avx512(const uint16_t* xb, const float* pivot, int64_t hw, int64_t c, float* s, float* ss) {
+  for_channel_blocks(c, [&](int64_t k0, const __mmask16* m, auto nvc) {
+    constexpr int NV = decltype(nvc)::value;
+    __m512 piv[NV], sv[NV], ssv[NV];
+    for (int j = 0; j < NV; ++j) {
+      piv[j] = _mm512_maskz_loadu_ps(m[j], pivot + k0 + 16 * j);
+      sv[j] = ssv[j] = _mm512_setzero_ps();
+    }
+    for (int64_t p = 0; p < hw; ++p) {
+      const uint16_t* row = xb + p * c + k0;
+      for (int j = 0; j < NV; ++j) {
+        const __m512 d = _mm512_maskz_sub_ps(m[j], load_bf16(row + 16 * j, m[j]), piv[j]);
+        sv[j] = _mm512_add_ps(sv[j], d);
+        ssv[j] = _mm512_fmadd_ps(d, d, ssv[j]);
+      }
+    }
+    for (int j = 0; j < NV; ++j) {
+      _mm512_mask_storeu_ps(s + k0 + 16 * j, m[j], sv[j]);
+      _mm512_mask_storeu_ps(ss + k0 + 16 * j, m[j], ssv[j]);
+    }
+  });
+}
+
+// The backward's first pass over one image: dy = grad (times silu'(y), y = x * a + b, when silu; then kept in
+// dy_buf, float32 [hw, c]) and its per-channel sums sdy = sum dy, sdyx = sum dy * x.
+template <bool silu>
+void backward_sums_avx512(const uint16_t* xb, const uint16_t* gb, const float* a, const float* b, int64_t hw, int64_t c,
+                          float* dy_buf, float* sdy, float* sdyx) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for_channel_blocks(c, [&](int64_t k0, const __mmask16* m, auto nvc) {
+    constexpr int NV = decltype(nvc)::value;
+    __m512 av[NV], bv[NV], sv[NV], sxv[NV];
+    for (int j = 0; j < NV; ++j) {
+      av[j] = _mm512_maskz_loadu_ps(m[j], a + k0 + 16 * j);
+      bv[j] = _mm512_maskz_loadu_ps(m[j], b + k0 + 16 * j);
+      sv[j] = sxv[j] = _mm512_setzero_ps();
+    }
+    for (int64_t p = 0; p < hw; ++p) {
+      const int64_t at = p * c + k0;
+      for (int j = 0; j < NV; ++j) {
+        const __m512 v = load_bf16(xb + at + 16 * j, m[j]);
+        __m512 d = load_bf16(gb + at + 16 * j, m[j]);
+        if constexpr (silu) {  // d * s * (1 + y * (1 - s)), s = sigmoid(y)
+          const __m512 y = _mm512_fmadd_ps(v, av[j], bv[j]);
+          const __m512 sg = sigmoid16(y);
+          d = _mm512_mul_ps(_mm512_mul_ps(d, sg), _mm512_fmadd_ps(y, _mm512_sub_ps(one, sg), one));
+          _mm512_mask_storeu_ps(dy_buf + at + 16 * j, m[j], d);
+        }
+        sv[j] = _mm512_add_ps(sv[j], d);
+        sxv[j] = _mm512_fmadd_ps(d, v, sxv[j]);
+      }
+    }
+    for (int j = 0; j < NV; ++j) {
+      _mm512_mask_storeu_ps(sdy + k0 + 16 * j, m[j], sv[j]);
+      _mm512_mask_storeu_ps(sdyx + k0 + 16 * j, m[j], sxv[j]);
+    }
+  });
+}
+
+// The backward's second pass: du = c1 * dy + c2 * x + c3 (dy from dy_buf when silu, else the gradient itself)
+// stored as bfloat16 into dxb, and sdu = its per-channel sums.
+template <bool silu>
+void backward_dx_avx512(const uint16_t* xb, const uint16_t* gb, const float* dy_buf, const float* c1, const float* c2,
+                        const float* c3, int64_t hw, int64_t c, uint16_t* dxb, float* sdu) {
+  for_channel_blocks(c, [&](int64_t k0, const __mmask16* m, auto nvc) {
+    constexpr int NV = decltype(nvc)::value;
+    __m512 c1v[NV], c2v[NV], c3v[NV], su[NV];
+    for (int j = 0; j < NV; ++j) {
+      c1v[j] = _mm512_maskz_loadu_ps(m[j], c1 + k0 + 16 * j);
+      c2v[j] = _mm512_maskz_loadu_ps(m[j], c2 + k0 + 16 * j);
+      c3v[j] = _mm512_maskz_loadu_ps(m[j], c3 + k0 + 16 * j);
+      su[j] = _mm512_setzero_ps();
+    }
+    for (int64_t p = 0; p < hw; ++p) {
+      const int64_t at = p * c + k0;
+      for (int j = 0; j < NV; ++j) {
+        const __m512 dy =
+            silu ? _mm512_maskz_loadu_ps(m[j], dy_buf + at + 16 * j) : load_bf16(gb + at + 16 * j, m[j]);
+        const __m512 du =
+            _mm512_fmadd_ps(c1v[j], dy, _mm512_fmadd_ps(c2v[j], load_bf16(xb + at + 16 * j, m[j]), c3v[j]));
+        store_bf16(dxb + at + 16 * j, du, m[j]);
+        su[j] = _mm512_add_ps(su[j], du);
+      }
+    }
+    for (int j = 0; j < NV; ++j) _mm512_mask_storeu_ps(sdu + k0 + 16 * j, m[j], su[j]);
+  });
+}
+
 #endif
 
 void check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, int64_t groups) {
@@ -150,6 +264,9 @@ void group_stats(const uint16_t* xb, const float* off, int64_t hw, int64_t c, in
   float* __restrict sp = s.data();
   float* __restrict ssp = ss.data();
   const float* __restrict kp = pivot.data();
+#ifdef DIFFUSIONLAB_GN_AVX512
+  channel_sums_avx512(xb, kp, hw, c, sp, ssp);
+#else
   for (int64_t p = 0; p < hw; ++p) {
     const uint16_t* __restrict row = xb + p * c;
 #pragma omp simd
@@ -159,6 +276,7 @@ void group_stats(const uint16_t* xb, const float* off, int64_t hw, int64_t c, in
       ssp[k] += d * d;
     }
   }
+#endif
   const int64_t cg = c / groups;
   auto channel_mean = [&](int64_t k) { return kp[k] + static_cast<double>(sp[k]) / hw + (off ? off[k] : 0.f); };
   for (int64_t g = 0; g < groups; ++g) {
@@ -272,6 +390,10 @@ std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& x, co
       const float* __restrict ap = a.data();
       const float* __restrict bcp = b.data();
       for (int64_t k = 0; k < c; ++k) sdyp[k] = sdyxp[k] = 0.f;
+#ifdef DIFFUSIONLAB_GN_AVX512
+      (silu ? backward_sums_avx512<true> : backward_sums_avx512<false>)(xb, gb, ap, bcp, hw, c, dy_buf.data(), sdyp,
+                                                                         sdyxp);
+#else
       for (int64_t p = 0; p < hw; ++p) {
         const uint16_t* __restrict xrow = xb + p * c;
         const uint16_t* __restrict grow = gb + p * c;
@@ -296,6 +418,7 @@ std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& x, co
           }
         }
       }
+#endif
       if (off)  // sum dy * u = sum dy * x + offset * sum dy
         for (int64_t k = 0; k < c; ++k) sdyxp[k] += off[k] * sdyp[k];
       for (int64_t g = 0; g < groups; ++g) {
@@ -320,6 +443,10 @@ std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& x, co
       const float* __restrict c3p = c3.data();
       float* __restrict sdup = sdu.data();
       for (int64_t k = 0; k < c; ++k) sdup[k] = 0.f;
+#ifdef DIFFUSIONLAB_GN_AVX512
+      (silu ? backward_dx_avx512<true> : backward_dx_avx512<false>)(xb, gb, dy_buf.data(), c1p, c2p, c3p, hw, c, dxb,
+                                                                     sdup);
+#else
       for (int64_t p = 0; p < hw; ++p) {
         const uint16_t* __restrict xrow = xb + p * c;
         uint16_t* __restrict out = dxb + p * c;
@@ -341,6 +468,7 @@ std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& x, co
           }
         }
       }
+#endif
       if (off) std::memcpy(dop + i * c, sdup, sizeof(float) * c);
     }
   });
