@@ -32,9 +32,9 @@ rounds, so that their ratios see the same moments of the machine.
 
 from __future__ import annotations
 
-from diffusionlab.utils.allocator import tune_cpu_allocator
+from diffusionlab.utils import allocator
 
-tune_cpu_allocator()  # before torch is imported; the same for every peer timed here
+allocator.tune_cpu_allocator()  # before torch is imported; the same for every peer timed here
 
 import argparse
 import os
@@ -206,7 +206,10 @@ def main() -> None:
     rows["fid 2048-d, n=1000 (s)"] = seconds(lambda: scores.fid(real, fake), 1)
     rows["kid 100 subsets x 1000 (s)"] = seconds(lambda: scores.kid(real, fake), 1)
 
-    print(f"metrics benchmark: batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"metrics benchmark: batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        + allocator.describe()
+    )
     for name, value in rows.items():
         print(f"  {name:<66} {value:10.2e}" if "deviation" in name else f"  {name:<66} {value:10.3f}")
     if args.json:

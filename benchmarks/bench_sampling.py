@@ -18,9 +18,9 @@ A second table times the samplers alone: the same loops around a network that co
 
 from __future__ import annotations
 
-from diffusionlab.utils.allocator import tune_cpu_allocator
+from diffusionlab.utils import allocator
 
-tune_cpu_allocator()  # before torch is imported; the same for every peer timed here
+allocator.tune_cpu_allocator()  # before torch is imported; the same for every peer timed here
 
 import argparse
 import inspect
@@ -141,7 +141,8 @@ def main() -> None:
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else torch.autocast("cpu", enabled=False)
     print(
         f"sampling {args.model} ({size}x{size}), batch {args.batch}, CFG scale 2, {torch.get_num_threads()} threads, "
-        f"{'bf16 autocast' if args.bf16 else 'float32'}{', channels_last' if args.channels_last else ''}"
+        f"{'bf16 autocast' if args.bf16 else 'float32'}{', channels_last' if args.channels_last else ''}; "
+        + allocator.describe()
     )
     head = f"{'ours img/CPU-s':>15} {'diffusers img/CPU-s':>20} {'ratio':>6} {'max|diff|':>10}"
     print(f"{'sampler':10} {'steps':>5} {head}")

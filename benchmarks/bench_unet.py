@@ -45,6 +45,8 @@ import sys
 import time
 from pathlib import Path
 
+from diffusionlab.utils import allocator  # no torch: tuned in __main__ before torch is imported
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = ROOT / "configs" / "model"
 DATA = {  # what the default MNIST data config gives the model configs
@@ -406,7 +408,7 @@ def main() -> None:
         f"steps{rounds}, torch {torch.__version__}; MB = peak RSS increase during training; ratios from img/cpu-s; "
         "TFLOP/s = GFLOP per training image (torch.utils.flop_counter) x img/cpu-s; conv% = share of a step's CPU "
         "time in convolutions (torch.profiler); bound = ratio / ours' conv%: ours / diffusers if everything but "
-        "ours' convolutions took no time",
+        "ours' convolutions took no time; " + allocator.describe(),
         peak,
     )
     if args.json:
@@ -417,7 +419,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from diffusionlab.utils.allocator import tune_cpu_allocator
-
-    tune_cpu_allocator()  # before torch is imported; the same for every peer timed here
+    allocator.tune_cpu_allocator()  # before torch is imported; the same for every peer timed here
     main()

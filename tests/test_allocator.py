@@ -100,6 +100,20 @@ def test_a_users_own_settings_win():
     assert run(code, THP_MEM_ALLOC_ENABLE="0") == {"mallopt": True, "thp": False}
 
 
+def test_describe_names_the_settings_in_effect():
+    code = (
+        "from diffusionlab.utils import allocator as a\n"
+        "before = a.describe()\n"
+        "a.tune_cpu_allocator()\n"
+        "import json; print(json.dumps([before, a.describe()]))"
+    )
+    before, after = run(code)
+    assert "glibc defaults" in before and "THP_MEM_ALLOC_ENABLE=unset" in before
+    if _glibc() is not None:
+        assert "mallopt" in after
+    assert "THP_MEM_ALLOC_ENABLE=1" in after
+
+
 @pytest.mark.parametrize("script", ["train.py", "sample.py", "evaluate.py"])
 def test_entry_points_tune_before_their_first_import(script):
     body = ast.parse((ROOT / script).read_text()).body

@@ -44,9 +44,13 @@ def _glibc():
         return None
 
 
+_mallopt_applied = False
+
+
 def tune_cpu_allocator() -> dict[str, bool]:
     """Apply the settings above to this process; returns which took effect: ``{"mallopt": ..., "thp": ...}``
     (``thp`` is False when torch was imported before the call, or someone else already chose)."""
+    global _mallopt_applied
     applied = {"mallopt": False, "thp": False}
     if os.environ.get(SWITCH, "1") == "0":
         return applied
@@ -55,7 +59,15 @@ def tune_cpu_allocator() -> dict[str, bool]:
         applied["mallopt"] = bool(
             libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
         )
+        _mallopt_applied = _mallopt_applied or applied["mallopt"]
     if "torch" not in sys.modules and "THP_MEM_ALLOC_ENABLE" not in os.environ:
         os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
         applied["thp"] = True
     return applied
+
+
+def describe() -> str:
+    """One line for benchmark headers: the allocator settings this process runs with."""
+    malloc = "glibc heap kept (mallopt)" if _mallopt_applied else "glibc defaults"
+    thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "unset")
+    return f"allocator: {malloc}, THP_MEM_ALLOC_ENABLE={thp} ({SWITCH}=0 for the defaults)"
