@@ -27,7 +27,10 @@ Rows (batch 50 of 28x28 grayscale images, so the resize to 299x299 is included):
   and one KID at the default subsets.
 Each row is timed ``--repeats`` times after a warm-up batch; the fastest repeat is kept (the machine is shared).
 The TorchScript graph and the folded network with and without Winograd are timed in turns, ``--repeats`` + 1
-rounds, so that their ratios see the same moments of the machine.
+rounds, so that their ratios see the same moments of the machine. The process runs with the CPU allocator the
+entry points use (:mod:`diffusionlab.utils.allocator`, printed in the header); the TorchScript graph gains the
+most from it (its activations at batch 50 are up to 276 MB): ``DIFFUSIONLAB_TUNE_ALLOCATOR=0`` measures all
+rows with glibc's and PyTorch's defaults.
 """
 
 from __future__ import annotations

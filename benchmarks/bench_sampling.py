@@ -14,6 +14,9 @@ puts both networks and their inputs in channels-last memory format (``channels_l
 
 A second table times the samplers alone: the same loops around a network that costs next to nothing
 (``0.1 * x``), so what is left is each sampler's own arithmetic, guidance combination and bookkeeping per step.
+
+Both sides run in one process with the CPU allocator the entry points use (:mod:`diffusionlab.utils.allocator`,
+printed in the header; ``DIFFUSIONLAB_TUNE_ALLOCATOR=0`` for the defaults).
 """
 
 from __future__ import annotations

@@ -32,6 +32,10 @@ Peak memory: after building the model, batch and optimizer the subprocess resets
 (``echo 5 > /proc/self/clear_refs``) and reports ``VmHWM - VmRSS`` from ``/proc/self/status`` after the
 training steps: the extra resident memory of training (activations, gradients, optimizer state).
 ``tracemalloc`` cannot be used: PyTorch's CPU allocator bypasses Python's.
+
+Every process (ours and diffusers' alike) sets the CPU allocator as the entry points do
+(:mod:`diffusionlab.utils.allocator`, printed under the table); ``DIFFUSIONLAB_TUNE_ALLOCATOR=0`` measures with
+glibc's and PyTorch's defaults, where each step faults its activations in anew.
 """
 
 from __future__ import annotations

@@ -82,6 +82,7 @@ print(json.dumps({"applied": applied, "aligned": [p % 4096 == 0 for p in ptrs]})
 """
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PyTorch's THP allocation is Linux's")
 def test_torch_advises_large_blocks_as_huge_pages_when_tuned_before_import():
     # PyTorch page-aligns the blocks it advises (MADV_HUGEPAGE, 2 MB and up); the others are 64-byte aligned
     tuned = run(TENSOR_ALIGNMENT.replace("PRELUDE", ""))
