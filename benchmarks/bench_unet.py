@@ -28,10 +28,17 @@ ours' ``conv%`` is the ratio ours would reach if everything else (normalisation,
 the optimizer) took no time: where it is below a goal, no work outside the convolutions can meet that goal
 on this machine.
 
-Peak memory: after building the model, batch and optimizer the subprocess resets its peak-RSS counter
-(``echo 5 > /proc/self/clear_refs``) and reports ``VmHWM - VmRSS`` from ``/proc/self/status`` after the
-training steps: the extra resident memory of training (activations, gradients, optimizer state).
-``tracemalloc`` cannot be used: PyTorch's CPU allocator bypasses Python's.
+Memory, two columns per side:
+
+* ``act MB``: what autograd saves for the backward in one training forward (``saved_tensors_hooks``, unique
+  storages, parameters excluded; autocast's bf16 weight copies included), the activation memory of training;
+  it does not depend on the allocator and the ``act`` ratio uses it (not measured for compiled cells);
+* ``MB``: after the first (FLOP-counting) step the subprocess resets its peak-RSS counter
+  (``echo 5 > /proc/self/clear_refs``) and reports ``VmHWM - VmRSS`` from ``/proc/self/status`` after the
+  timed steps: the extra resident memory of the later steps. It depends on how much freed memory the C
+  allocator kept from the first step (then reused without growing RSS), so it is not a fair comparison: on
+  2026-12-06 it read 296 MB for ours against 144 for diffusers' where the saved activations were 477 against
+  761 MB. ``tracemalloc`` cannot be used: PyTorch's CPU allocator bypasses Python's.
 
 Every process (ours and diffusers' alike) sets the CPU allocator as the entry points do
 (:mod:`diffusionlab.utils.allocator`, printed under the table); ``DIFFUSIONLAB_TUNE_ALLOCATOR=0`` measures with
@@ -203,6 +210,7 @@ def worker(spec: dict) -> dict:
     wall, cpu = timed(train_step, spec["steps"])
     peak_mb = (_status_kb("VmHWM") - base) / 1024
     conv_share = convolution_share(train_step)
+    act_mb = None if spec["compile"] else saved_activation_mb(forward, list(net.parameters()), (x, t, y), bf16)
     fwd_wall = fwd_cpu = None
     if not spec["compile"]:  # eval + inference mode would compile a second graph: skipped
         net.eval()
@@ -215,12 +223,33 @@ def worker(spec: dict) -> dict:
         "fwd_images_per_s": batch / fwd_wall if fwd_wall else None,
         "fwd_images_per_cpu_s": batch / fwd_cpu if fwd_cpu else None,
         "peak_mb": peak_mb,
+        "activation_mb": act_mb,
         "peak_reset": peak_reset,
         "warmup_s": warmup_s,
         "gflop_per_image": flop_per_image / 1e9,
         "tflops": flop_per_image * batch / cpu / 1e12,  # achieved per CPU-second (= per core)
         "conv_share": conv_share,
     }
+
+
+def saved_activation_mb(forward, params, inputs: tuple, bf16: bool) -> float:
+    """MB of the tensors autograd saves for the backward in one ``forward(*inputs)`` (bf16 autocast when
+    ``bf16``): unique storages, those of ``params`` excluded. The graph is dropped unused."""
+    import torch
+
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            forward(*inputs)
+    for p in params:
+        saved.pop(p.untyped_storage().data_ptr(), None)
+    return sum(saved.values()) / 1e6
 
 
 def convolution_share(train_step) -> float:
@@ -288,12 +317,13 @@ def _num(r: dict | None, key: str, pattern: str) -> str:
 def print_table(rows: list[dict], header_note: str, peak: float) -> None:
     cols = (
         f"{'model':<13} {'prec':<4} {'ch_last':<7} {'compile':<7} | {'img/s':>6} {'img/cpu-s':>9} {'fwd/cpu-s':>9} "
-        f"{'MB':>5} {'conv%':>5} | {'img/s':>6} {'img/cpu-s':>9} {'fwd/cpu-s':>9} {'MB':>5} {'conv%':>5} "
-        f"| {'ratio':>5} {'bound':>5} {'fwd':>5} {'mem':>5} | {'GFLOP/img':>9} {'TFLOP/s':>7} {'% peak':>6}"
+        f"{'act MB':>6} {'MB':>5} {'conv%':>5} | {'img/s':>6} {'img/cpu-s':>9} {'fwd/cpu-s':>9} {'act MB':>6} "
+        f"{'MB':>5} {'conv%':>5} | {'ratio':>5} {'bound':>5} {'fwd':>5} {'act':>5} | {'GFLOP/img':>9} {'TFLOP/s':>7} "
+        f"{'% peak':>6}"
     )
     print(header_note)
     print(f"measured bf16 matmul peak: {peak:.3f} TFLOP/s per core (4096^3, same run)")
-    print(f"{'':<36} | {'ours':^39} | {'diffusers UNet2DModel':^39} | {'ours / diffusers':^23} | {'ours':^25}")
+    print(f"{'':<36} | {'ours':^46} | {'diffusers UNet2DModel':^46} | {'ours / diffusers':^23} | {'ours':^25}")
     print(cols)
     print("-" * len(cols))
     for row in rows:
@@ -304,12 +334,14 @@ def print_table(rows: list[dict], header_note: str, peak: float) -> None:
             ratio, bound = f"{speedup:.2f}", f"{speedup / ours['conv_share']:.2f}"
             if ours["fwd_images_per_cpu_s"] and theirs["fwd_images_per_cpu_s"]:
                 fwd = f"{ours['fwd_images_per_cpu_s'] / theirs['fwd_images_per_cpu_s']:.2f}"
-            mem = f"{ours['peak_mb'] / theirs['peak_mb']:.2f}"
+            if ours.get("activation_mb") and theirs.get("activation_mb"):
+                mem = f"{ours['activation_mb'] / theirs['activation_mb']:.2f}"
         cells = []
         for r in (ours, theirs):
             cells.append(
                 f"{_num(r, 'images_per_s', '{:.1f}'):>6} {_num(r, 'images_per_cpu_s', '{:.1f}'):>9} "
-                f"{_num(r, 'fwd_images_per_cpu_s', '{:.1f}'):>9} {_num(r, 'peak_mb', '{:.0f}'):>5} "
+                f"{_num(r, 'fwd_images_per_cpu_s', '{:.1f}'):>9} {_num(r, 'activation_mb', '{:.0f}'):>6} "
+                f"{_num(r, 'peak_mb', '{:.0f}'):>5} "
                 f"{_num(r, 'conv_share', '{:.0%}'):>5}"
             )
         gflop = _num(ours, "gflop_per_image", "{:.3f}")
@@ -409,7 +441,8 @@ def main() -> None:
     print_table(
         rows,
         f"\ntraining step (fwd + bwd + AdamW), batch {args.batch}, {args.threads} thread(s), median of {steps} "
-        f"steps{rounds}, torch {torch.__version__}; MB = peak RSS increase during training; ratios from img/cpu-s; "
+        f"steps{rounds}, torch {torch.__version__}; act MB = tensors saved for the backward (the act ratio); MB = "
+        "peak RSS increase after the first step (allocator-dependent); ratios from img/cpu-s; "
         "TFLOP/s = GFLOP per training image (torch.utils.flop_counter) x img/cpu-s; conv% = share of a step's CPU "
         "time in convolutions (torch.profiler); bound = ratio / ours' conv%: ours / diffusers if everything but "
         "ours' convolutions took no time; " + allocator.describe(),
