@@ -328,14 +328,14 @@ def print_table(rows: list[dict], header_note: str, peak: float) -> None:
     print("-" * len(cols))
     for row in rows:
         ours, theirs = row["ours"], row["diffusers"]
-        ratio = bound = fwd = mem = "-"
+        ratio = bound = fwd = act = "-"
         if theirs and "error" not in theirs and "error" not in ours:
             speedup = ours["images_per_cpu_s"] / theirs["images_per_cpu_s"]
             ratio, bound = f"{speedup:.2f}", f"{speedup / ours['conv_share']:.2f}"
             if ours["fwd_images_per_cpu_s"] and theirs["fwd_images_per_cpu_s"]:
                 fwd = f"{ours['fwd_images_per_cpu_s'] / theirs['fwd_images_per_cpu_s']:.2f}"
             if ours.get("activation_mb") and theirs.get("activation_mb"):
-                mem = f"{ours['activation_mb'] / theirs['activation_mb']:.2f}"
+                act = f"{ours['activation_mb'] / theirs['activation_mb']:.2f}"
         cells = []
         for r in (ours, theirs):
             cells.append(
@@ -349,7 +349,7 @@ def print_table(rows: list[dict], header_note: str, peak: float) -> None:
         share = "-" if "error" in ours else f"{100 * ours['tflops'] / peak:.1f}"
         print(
             f"{row['model']:<13} {row['precision']:<4} {str(row['channels_last']):<7} {str(row['compile']):<7} | "
-            f"{cells[0]} | {cells[1]} | {ratio:>5} {bound:>5} {fwd:>5} {mem:>5} | {gflop:>9} {tflops:>7} {share:>6}"
+            f"{cells[0]} | {cells[1]} | {ratio:>5} {bound:>5} {fwd:>5} {act:>5} | {gflop:>9} {tflops:>7} {share:>6}"
         )
         for name, r in (("ours", ours), ("diffusers", theirs)):
             if r and "error" in r:
