@@ -134,15 +134,23 @@ inline void for_channel_blocks(int64_t c, F&& f) {
   }
 }
 
+// A block's NV vectors of per-channel floats p[k0 + 16 j ...] (masked), loaded into v or stored from it.
+template <int NV>
+inline void load_block(const float* p, int64_t k0, const __mmask16* m, __m512 (&v)[NV]) {
+  for (int j = 0; j < NV; ++j) v[j] = _mm512_maskz_loadu_ps(m[j], p + k0 + 16 * j);
+}
+
+template <int NV>
+inline void store_block(float* p, int64_t k0, const __mmask16* m, const __m512 (&v)[NV]) {
+  for (int j = 0; j < NV; ++j) _mm512_mask_storeu_ps(p + k0 + 16 * j, m[j], v[j]);
+}
+
 // s[k] = sum over rows of (x[p, k] - pivot[k]), ss[k] = the same of its square (group_stats' first pass).
 inline void channel_sums_avx512(const uint16_t* xb, const float* pivot, int64_t hw, int64_t c, float* s, float* ss) {
   for_channel_blocks(c, [&](int64_t k0, const __mmask16* m, auto nvc) {
     constexpr int NV = decltype(nvc)::value;
-    __m512 piv[NV], sv[NV], ssv[NV];
-    for (int j = 0; j < NV; ++j) {
-      piv[j] = _mm512_maskz_loadu_ps(m[j], pivot + k0 + 16 * j);
-      sv[j] = ssv[j] = _mm512_setzero_ps();
-    }
+    __m512 piv[NV], sv[NV] = {}, ssv[NV] = {};
+    load_block(pivot, k0, m, piv);
     for (int64_t p = 0; p < hw; ++p) {
       const uint16_t* row = xb + p * c + k0;
       for (int j = 0; j < NV; ++j) {
@@ -151,10 +159,8 @@ inline void channel_sums_avx512(const uint16_t* xb, const float* pivot, int64_t 
         ssv[j] = _mm512_fmadd_ps(d, d, ssv[j]);
       }
     }
-    for (int j = 0; j < NV; ++j) {
-      _mm512_mask_storeu_ps(s + k0 + 16 * j, m[j], sv[j]);
-      _mm512_mask_storeu_ps(ss + k0 + 16 * j, m[j], ssv[j]);
-    }
+    store_block(s, k0, m, sv);
+    store_block(ss, k0, m, ssv);
   });
 }
 
@@ -166,12 +172,9 @@ void backward_sums_avx512(const uint16_t* xb, const uint16_t* gb, const float* a
   const __m512 one = _mm512_set1_ps(1.0f);
   for_channel_blocks(c, [&](int64_t k0, const __mmask16* m, auto nvc) {
     constexpr int NV = decltype(nvc)::value;
-    __m512 av[NV], bv[NV], sv[NV], sxv[NV];
-    for (int j = 0; j < NV; ++j) {
-      av[j] = _mm512_maskz_loadu_ps(m[j], a + k0 + 16 * j);
-      bv[j] = _mm512_maskz_loadu_ps(m[j], b + k0 + 16 * j);
-      sv[j] = sxv[j] = _mm512_setzero_ps();
-    }
+    __m512 av[NV], bv[NV], sv[NV] = {}, sxv[NV] = {};
+    load_block(a, k0, m, av);
+    load_block(b, k0, m, bv);
     for (int64_t p = 0; p < hw; ++p) {
       const int64_t at = p * c + k0;
       for (int j = 0; j < NV; ++j) {
@@ -187,10 +190,8 @@ void backward_sums_avx512(const uint16_t* xb, const uint16_t* gb, const float* a
         sxv[j] = _mm512_fmadd_ps(d, v, sxv[j]);
       }
     }
-    for (int j = 0; j < NV; ++j) {
-      _mm512_mask_storeu_ps(sdy + k0 + 16 * j, m[j], sv[j]);
-      _mm512_mask_storeu_ps(sdyx + k0 + 16 * j, m[j], sxv[j]);
-    }
+    store_block(sdy, k0, m, sv);
+    store_block(sdyx, k0, m, sxv);
   });
 }
 
@@ -201,13 +202,10 @@ void backward_dx_avx512(const uint16_t* xb, const uint16_t* gb, const float* dy_
                         const float* c3, int64_t hw, int64_t c, uint16_t* dxb, float* sdu) {
   for_channel_blocks(c, [&](int64_t k0, const __mmask16* m, auto nvc) {
     constexpr int NV = decltype(nvc)::value;
-    __m512 c1v[NV], c2v[NV], c3v[NV], su[NV];
-    for (int j = 0; j < NV; ++j) {
-      c1v[j] = _mm512_maskz_loadu_ps(m[j], c1 + k0 + 16 * j);
-      c2v[j] = _mm512_maskz_loadu_ps(m[j], c2 + k0 + 16 * j);
-      c3v[j] = _mm512_maskz_loadu_ps(m[j], c3 + k0 + 16 * j);
-      su[j] = _mm512_setzero_ps();
-    }
+    __m512 c1v[NV], c2v[NV], c3v[NV], su[NV] = {};
+    load_block(c1, k0, m, c1v);
+    load_block(c2, k0, m, c2v);
+    load_block(c3, k0, m, c3v);
     for (int64_t p = 0; p < hw; ++p) {
       const int64_t at = p * c + k0;
       for (int j = 0; j < NV; ++j) {
@@ -219,7 +217,7 @@ void backward_dx_avx512(const uint16_t* xb, const uint16_t* gb, const float* dy_
         su[j] = _mm512_add_ps(su[j], du);
       }
     }
-    for (int j = 0; j < NV; ++j) _mm512_mask_storeu_ps(sdu + k0 + 16 * j, m[j], su[j]);
+    store_block(sdu, k0, m, su);
   });
 }
 
@@ -389,11 +387,11 @@ std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& x, co
       float* __restrict sdyxp = sdyx.data();
       const float* __restrict ap = a.data();
       const float* __restrict bcp = b.data();
-      for (int64_t k = 0; k < c; ++k) sdyp[k] = sdyxp[k] = 0.f;
 #ifdef DIFFUSIONLAB_GN_AVX512
       (silu ? backward_sums_avx512<true> : backward_sums_avx512<false>)(xb, gb, ap, bcp, hw, c, dy_buf.data(), sdyp,
                                                                          sdyxp);
 #else
+      for (int64_t k = 0; k < c; ++k) sdyp[k] = sdyxp[k] = 0.f;
       for (int64_t p = 0; p < hw; ++p) {
         const uint16_t* __restrict xrow = xb + p * c;
         const uint16_t* __restrict grow = gb + p * c;
@@ -442,11 +440,11 @@ std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& x, co
       const float* __restrict c2p = c2.data();
       const float* __restrict c3p = c3.data();
       float* __restrict sdup = sdu.data();
-      for (int64_t k = 0; k < c; ++k) sdup[k] = 0.f;
 #ifdef DIFFUSIONLAB_GN_AVX512
       (silu ? backward_dx_avx512<true> : backward_dx_avx512<false>)(xb, gb, dy_buf.data(), c1p, c2p, c3p, hw, c, dxb,
                                                                      sdup);
 #else
+      for (int64_t k = 0; k < c; ++k) sdup[k] = 0.f;
       for (int64_t p = 0; p < hw; ++p) {
         const uint16_t* __restrict xrow = xb + p * c;
         uint16_t* __restrict out = dxb + p * c;
