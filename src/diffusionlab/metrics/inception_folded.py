@@ -29,7 +29,9 @@ pass. Every image goes through the same operations either way: the features equa
 Measured on a 2-core Xeon with AMX (2026-12-06, 2 threads, batches of 50 28x28 images): the TorchScript graph
 13.3 images/s, this network without Winograd 28.6, 68% of what its 11.4 GFLOP per image allow at the rate of
 its own fastest convolution. On a 2-core AMD EPYC Zen 5 (2026-12-06): the graph 14.4, this network 47.6 with
-Winograd and 40.3 without (``benchmarks/bench_metrics.py`` prints these figures).
+Winograd and 40.3 without, with glibc's default allocator; with :mod:`diffusionlab.utils.allocator`'s settings
+(which the benchmark now uses) the graph 23.1 and this network 50.5 (``benchmarks/bench_metrics.py`` prints
+these figures).
 """
 
 from __future__ import annotations
