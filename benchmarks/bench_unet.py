@@ -94,6 +94,9 @@ def build(model: str, impl: str):
         }
     )
     if impl == "ours":
+        from diffusionlab.nets import conv_weight_grad
+
+        conv_weight_grad.available()  # built and its FLOP formula registered before the counting step
         net = instantiate(root.model)
         return net, lambda x, t, y: net(x, t, y)
     from diffusers import UNet2DModel

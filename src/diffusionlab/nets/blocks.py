@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusionlab.nets import fused_group_norm
+from diffusionlab.nets.conv_weight_grad import Conv2d
 
 
 class _GroupNormNCHWBackward(torch.autograd.Function):
@@ -118,14 +119,14 @@ class ResBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, groups: int, eps: float):
         super().__init__()
         self.norm1 = GroupNorm(groups, in_ch, eps=eps, silu=True)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.conv1 = Conv2d(in_ch, out_ch, 3, padding=1)
         self.temb_proj = nn.Linear(temb_dim, out_ch)
         self.norm2 = GroupNorm(groups, out_ch, eps=eps, silu=True)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.conv2 = Conv2d(out_ch, out_ch, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
-        self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
+        self.shortcut = Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
         h, offset = self.conv1(self.norm1(x)), self.temb_proj(temb)  # [B, out_ch, H, W], [B, out_ch]
@@ -149,7 +150,7 @@ class Downsample(nn.Module):
 
     def __init__(self, ch: int):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        self.conv = Conv2d(ch, ch, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x)
@@ -160,7 +161,7 @@ class Upsample(nn.Module):
 
     def __init__(self, ch: int):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv = Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

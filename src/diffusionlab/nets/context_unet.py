@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusionlab.nets.blocks import GroupNorm
+from diffusionlab.nets.conv_weight_grad import Conv2d
 from diffusionlab.nets.embeddings import EmbedFC
 from diffusionlab.nets.inputs import check_image, prepare_labels, prepare_timesteps
 
@@ -33,9 +34,9 @@ class ResidualConvBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, is_res: bool = False):
         super().__init__()
         self.is_res = is_res
-        self.conv1 = nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, 1, 1), nn.BatchNorm2d(out_ch), nn.GELU())
-        self.conv2 = nn.Sequential(nn.Conv2d(out_ch, out_ch, 3, 1, 1), nn.BatchNorm2d(out_ch), nn.GELU())
-        self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if is_res and in_ch != out_ch else None
+        self.conv1 = nn.Sequential(Conv2d(in_ch, out_ch, 3, 1, 1), nn.BatchNorm2d(out_ch), nn.GELU())
+        self.conv2 = nn.Sequential(Conv2d(out_ch, out_ch, 3, 1, 1), nn.BatchNorm2d(out_ch), nn.GELU())
+        self.shortcut = Conv2d(in_ch, out_ch, 1) if is_res and in_ch != out_ch else None
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv2(self.conv1(x))
@@ -130,10 +131,10 @@ class ContextUnet(nn.Module):
         self.up1 = UnetUp(4 * n_feat, n_feat)
         self.up2 = UnetUp(2 * n_feat, n_feat)
         self.out = nn.Sequential(
-            nn.Conv2d(2 * n_feat, n_feat, 3, 1, 1),
+            Conv2d(2 * n_feat, n_feat, 3, 1, 1),
             GroupNorm(8, n_feat),
             nn.ReLU(),
-            nn.Conv2d(n_feat, in_channels, 3, 1, 1),
+            Conv2d(n_feat, in_channels, 3, 1, 1),
         )
 
     def forward(self, x: Tensor, t: Tensor | int | float, y: Tensor | None = None) -> Tensor:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusionlab.nets.blocks import GroupNorm
+from diffusionlab.nets.conv_weight_grad import Conv2d
 
 
 class ResnetBlock(nn.Module):
@@ -28,12 +29,12 @@ class ResnetBlock(nn.Module):
         super().__init__()
         out_ch = out_ch or in_ch
         self.norm1 = GroupNorm(groups, in_ch, eps=eps, silu=True)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.conv1 = Conv2d(in_ch, out_ch, 3, padding=1)
         self.time_proj = nn.Linear(time_dim, out_ch) if time_dim else None
         self.norm2 = GroupNorm(groups, out_ch, eps=eps, silu=True)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
-        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.conv2 = Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
         h = self.conv1(self.norm1(x))
@@ -53,7 +54,7 @@ class Downsample(nn.Module):
     def __init__(self, channels: int, asymmetric: bool = False):
         super().__init__()
         self.asymmetric = asymmetric
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if asymmetric else 1)
+        self.conv = Conv2d(channels, channels, 3, stride=2, padding=0 if asymmetric else 1)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.asymmetric:
@@ -66,7 +67,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         if size is None:

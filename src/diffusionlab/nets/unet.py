@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from diffusionlab.nets.attention import SelfAttention2d
 from diffusionlab.nets.blocks import Downsample, GroupNorm, ResBlock, Upsample
+from diffusionlab.nets.conv_weight_grad import Conv2d
 from diffusionlab.nets.embeddings import TimeEmbedding
 from diffusionlab.nets.inputs import check_image, concat_condition, prepare_labels, prepare_timesteps
 
@@ -152,7 +153,7 @@ class UNet(nn.Module):
         temb_dim = 4 * base_channels
         self.time_embed = TimeEmbedding(base_channels, temb_dim)
         self.class_embed = nn.Embedding(num_classes + 1, temb_dim) if num_classes is not None else None
-        self.conv_in = nn.Conv2d(in_channels + (cond_channels or 0), base_channels, 3, padding=1)
+        self.conv_in = Conv2d(in_channels + (cond_channels or 0), base_channels, 3, padding=1)
 
         def block(cin: int, cout: int) -> ResBlock:
             return ResBlock(cin, cout, temb_dim, dropout, norm_groups, norm_eps)
@@ -193,7 +194,7 @@ class UNet(nn.Module):
                 )
             )
         self.norm_out = GroupNorm(norm_groups, ch, eps=norm_eps, silu=True)
-        self.conv_out = nn.Conv2d(ch, self.out_channels, 3, padding=1)
+        self.conv_out = Conv2d(ch, self.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 

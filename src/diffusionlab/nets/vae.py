@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from diffusionlab.nets.attention import Attention
 from diffusionlab.nets.blocks import GroupNorm
+from diffusionlab.nets.conv_weight_grad import Conv2d
 from diffusionlab.nets.ldm_blocks import Downsample, ResnetBlock, Upsample
 from diffusionlab.utils.seeding import randn
 
@@ -143,7 +144,7 @@ class Encoder(nn.Module):
         groups: int = 32,
     ):
         super().__init__()
-        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+        self.conv_in = Conv2d(in_channels, ch, 3, padding=1)
         widths = [ch * m for m in ch_mult]
         last = len(widths) - 1
         self.down = nn.ModuleList(
@@ -152,7 +153,7 @@ class Encoder(nn.Module):
         )
         self.mid = MidBlock(widths[-1], mid_attention, groups)
         self.norm_out = GroupNorm(groups, widths[-1], eps=1e-6, silu=True)
-        self.conv_out = nn.Conv2d(widths[-1], 2 * z_channels if double_z else z_channels, 3, padding=1)
+        self.conv_out = Conv2d(widths[-1], 2 * z_channels if double_z else z_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv_in(x)
@@ -179,14 +180,14 @@ class Decoder(nn.Module):
         super().__init__()
         widths = [ch * m for m in reversed(ch_mult)]
         last = len(widths) - 1
-        self.conv_in = nn.Conv2d(z_channels, widths[0], 3, padding=1)
+        self.conv_in = Conv2d(z_channels, widths[0], 3, padding=1)
         self.mid = MidBlock(widths[0], mid_attention, groups)
         self.up = nn.ModuleList(
             Level(widths[max(k - 1, 0)], w, num_res_blocks + 1, groups, "up" if k < last else None)
             for k, w in enumerate(widths)
         )
         self.norm_out = GroupNorm(groups, widths[-1], eps=1e-6, silu=True)
-        self.conv_out = nn.Conv2d(widths[-1], out_channels, 3, padding=1)
+        self.conv_out = Conv2d(widths[-1], out_channels, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
         x = self.mid(self.conv_in(z))
@@ -206,8 +207,8 @@ class AutoencoderKL(nn.Module):
         common.update(z_channels=cfg.z_channels, mid_attention=cfg.mid_attention, groups=cfg.norm_groups)
         self.encoder = Encoder(in_channels=cfg.in_channels, **common)
         self.decoder = Decoder(out_channels=cfg.out_channels, **common)
-        self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.z_channels, 1)
-        self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 1)
+        self.quant_conv = Conv2d(2 * cfg.z_channels, 2 * cfg.z_channels, 1)
+        self.post_quant_conv = Conv2d(cfg.z_channels, cfg.z_channels, 1)
 
     @property
     def scale_factor(self) -> float:

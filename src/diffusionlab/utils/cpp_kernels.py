@@ -25,6 +25,8 @@ from diffusionlab.utils.locks import file_lock
 # libgomp it links against resolves, at load time, to the libgomp.so.1 PyTorch has already loaded (one pool).
 CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
+# build names loaded into this process: loading one again would register its TORCH_LIBRARY twice (an abort)
+_LOADED: set[str] = set()
 
 
 def _cpu_flags() -> str:
@@ -72,6 +74,8 @@ def load_kernel(
             except ImportError:
                 pass
         name = build_name(source, prefix, cflags)
+        if name in _LOADED:
+            return True
         folder = build_dir(name)
         with file_lock(folder) if folder else contextlib.nullcontext():
             if folder:
@@ -83,11 +87,12 @@ def load_kernel(
             load(
                 name=name,
                 sources=[str(source)],
-                extra_cflags=cflags,
-                extra_ldflags=LDFLAGS,
+                extra_cflags=list(cflags),  # copies: load() appends its own flags to the lists it is given,
+                extra_ldflags=list(LDFLAGS),  # which changed the next kernel's build name in the same process
                 is_python_module=False,
                 verbose=False,
             )
+            _LOADED.add(name)
     except Exception as error:
         warnings.warn(
             f"diffusionlab: the {what} could not be built ({type(error).__name__}: {error}); {fallback}. "
