@@ -23,10 +23,12 @@ fastest run kept; the bf16 peak is measured before and after, the higher kept). 
 cost of one sampling step.
 
 ``conv%``: the share of one profiled training step's CPU time spent in convolution kernels (forward and
-backward). Both networks run the same convolutions through the same oneDNN kernels, so ``bound`` = ratio /
-ours' ``conv%`` is the ratio ours would reach if everything else (normalisation, activations, attention, adds,
-the optimizer) took no time: where it is below a goal, no work outside the convolutions can meet that goal
-on this machine.
+backward; ops with ``conv`` in their name, ours' ``diffusionlab_conv::weight_grad`` included). ``bound`` = ratio
+/ ours' ``conv%`` is the ratio ours would reach if everything else (normalisation, activations, attention,
+adds, the optimizer) took no time: where it is below a goal, no work outside the convolutions can meet that
+goal on this machine. Both networks run their convolutions through oneDNN, except that on a CPU with
+AVX512-BF16 and no AMX ours' 3x3 weight gradients come from :mod:`diffusionlab.nets.conv_weight_grad`
+(``DIFFUSIONLAB_CONV_WEIGHT_GRAD=0`` measures ours without it).
 
 Memory, two columns per side:
 

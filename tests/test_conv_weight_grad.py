@@ -295,3 +295,19 @@ def test_a_build_without_avx512_bf16_says_so_and_is_not_used(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False", "False", "refused:", "True"]
+
+
+def test_loading_a_kernel_leaves_the_next_kernels_build_name_alone(kernel):
+    """PyTorch's ``load()`` appends its own flags to the lists it is given; it was given ours, so the next
+    kernel loaded in the same process hashed to another build name and was built anew."""
+    code = (
+        "from diffusionlab.nets import conv_weight_grad as cw, fused_group_norm as f\n"
+        "from diffusionlab.utils import cpp_kernels as k\n"
+        "before = k.build_name(f.SOURCE, f.PREFIX, f.CFLAGS)\n"
+        "assert cw.available()\n"
+        "print(before == k.build_name(f.SOURCE, f.PREFIX, f.CFLAGS), k.LDFLAGS == ['-fopenmp'])\n"
+    )
+    env = {**os.environ, cw.ENV_SWITCH: "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "True"]
