@@ -96,9 +96,6 @@ def build(model: str, impl: str):
         }
     )
     if impl == "ours":
-        from diffusionlab.nets import conv_weight_grad
-
-        conv_weight_grad.available()  # built and its FLOP formula registered before the counting step
         net = instantiate(root.model)
         return net, lambda x, t, y: net(x, t, y)
     from diffusers import UNet2DModel
@@ -128,6 +125,10 @@ def setup(spec: dict):
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
+    if spec["impl"] == "ours":
+        from diffusionlab.nets import conv_weight_grad
+
+        conv_weight_grad.available()  # built, and its FLOP formula registered, before the counting step
     net, forward = build(spec["model"], spec["impl"])
     size, batch = DATA[spec["model"]]["image_size"], spec["batch"]
     x = torch.randn(batch, 1, size, size)

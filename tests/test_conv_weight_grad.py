@@ -54,7 +54,8 @@ def relative_error(ours: torch.Tensor, exact: torch.Tensor) -> float:
 
 # (N, Ci, Co, H, W, k): the UNets' shapes and odd ones: an odd batch (a zero partner image), odd widths, 1 output
 # channel (the UNet's last conv), 48 input channels (a tile of 3 vectors), 40 outputs (a partial register
-# tile), 128 inputs (two tiles), a 40x40 image (bands of 12 rows with halo rows between them), 1x1 and 5x5.
+# tile), 128 inputs (two tiles), a 40x40 image (bands of 12 rows with halo rows between them), 1x1 and 5x5
+# kernels, and one 1x1 image (all but the centre tap read the zero border).
 SHAPES = [
     (4, 64, 64, 16, 16, 3),
     (5, 32, 7, 9, 7, 3),
@@ -64,6 +65,7 @@ SHAPES = [
     (3, 32, 16, 40, 40, 3),
     (3, 32, 24, 6, 5, 1),
     (2, 16, 8, 9, 11, 5),
+    (1, 16, 3, 1, 1, 3),
 ]
 
 
@@ -311,3 +313,19 @@ def test_loading_a_kernel_leaves_the_next_kernels_build_name_alone(kernel):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", "True"]
+
+
+@pytest.mark.parametrize("channels_last_weight", [True, False])
+def test_weight_gradients_have_the_parameters_strides(kernel, channels_last_weight):
+    """AccumulateGrad and DDP's gradient buckets expect a gradient laid out like its parameter; a 1-output
+    conv's channels_last weight has strides (288, 1, 96, 32), which the kernel's result (stride(0) = 32, also
+    channels_last for a size-1 dimension) did not match, and DDP warned of a slow path."""
+    conv = cw.Conv2d(32, 1, 3, padding=1)
+    if channels_last_weight:
+        conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, 6, 6).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+    assert "OwnWeightGrad" in type(y.grad_fn).__name__
+    y.float().sum().backward()
+    assert conv.weight.grad.stride() == conv.weight.stride()

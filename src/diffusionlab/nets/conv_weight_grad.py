@@ -130,6 +130,8 @@ class _Conv3x3OwnWeightGrad(torch.autograd.Function):
             dx = dx[0].to(x_dtype)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             dw, db = torch.ops.diffusionlab_conv.weight_grad(dy, xb, 3)
+            if dw.stride() != wb.stride():  # the parameter's own layout, which DDP's gradient buckets expect
+                dw = torch.empty_like(wb, dtype=dw.dtype).copy_(dw)  # (a 1-channel one differs in stride(0))
             dw, db = dw.to(w_dtype), None if b_dtype is None else db.to(b_dtype)
         return dx, dw, db
 

@@ -47,9 +47,11 @@ bool supported() {
 
 #ifdef DIFFUSIONLAB_CONV_WGRAD_AVX512
 
-// out[c] (uint32) = low half p0[c], high half p1[c], for c < n (a null pointer reads as zeros); when db is
-// given, db[c] += p0[c] + p1[c] (a dot product with (1, 1): exact in float32).
-inline void interleave_pair(const uint16_t* p0, const uint16_t* p1, int64_t n, uint32_t* out, float* db) {
+// One row of `count` pixels (pixel stride ps, in bf16 elements): out[w * n + c] (uint32) = low half
+// p0[w * ps + c], high half p1[w * ps + c], for c < n (a null row reads as zeros); when db is given,
+// db[c] += the row's sum of p0 + p1 (dot products with (1, 1), exact in float32, kept in registers per row).
+inline void interleave_row(const uint16_t* p0, const uint16_t* p1, int64_t ps, int64_t count, int64_t n, uint32_t* out,
+                           float* db) {
   const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
                                       37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
   const __m512i hi = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24, 55, 23, 54,
@@ -58,18 +60,23 @@ inline void interleave_pair(const uint16_t* p0, const uint16_t* p1, int64_t n, u
   for (int64_t c = 0; c < n; c += 32) {
     const int64_t r = std::min<int64_t>(32, n - c);
     const __mmask32 m = r == 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << r) - 1);
-    const __m512i a = p0 ? _mm512_maskz_loadu_epi16(m, p0 + c) : _mm512_setzero_si512();
-    const __m512i b = p1 ? _mm512_maskz_loadu_epi16(m, p1 + c) : _mm512_setzero_si512();
-    const __m512i o0 = _mm512_permutex2var_epi16(a, lo, b), o1 = _mm512_permutex2var_epi16(a, hi, b);
     const __mmask16 m0 = (__mmask16)(r >= 16 ? 0xffff : (1u << r) - 1);
     const __mmask16 m1 = (__mmask16)(r >= 32 ? 0xffff : r > 16 ? (1u << (r - 16)) - 1 : 0);
-    _mm512_mask_storeu_epi32(out + c, m0, o0);
-    if (m1) _mm512_mask_storeu_epi32(out + c + 16, m1, o1);
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    for (int64_t w = 0; w < count; ++w) {
+      const __m512i a = p0 ? _mm512_maskz_loadu_epi16(m, p0 + w * ps + c) : _mm512_setzero_si512();
+      const __m512i b = p1 ? _mm512_maskz_loadu_epi16(m, p1 + w * ps + c) : _mm512_setzero_si512();
+      const __m512i o0 = _mm512_permutex2var_epi16(a, lo, b), o1 = _mm512_permutex2var_epi16(a, hi, b);
+      _mm512_mask_storeu_epi32(out + w * n + c, m0, o0);
+      if (m1) _mm512_mask_storeu_epi32(out + w * n + c + 16, m1, o1);
+      if (db) {
+        s0 = _mm512_dpbf16_ps(s0, (__m512bh)o0, ones);
+        s1 = _mm512_dpbf16_ps(s1, (__m512bh)o1, ones);
+      }
+    }
     if (db) {
-      _mm512_mask_storeu_ps(db + c, m0, _mm512_dpbf16_ps(_mm512_maskz_loadu_ps(m0, db + c), (__m512bh)o0, ones));
-      if (m1)
-        _mm512_mask_storeu_ps(db + c + 16, m1,
-                              _mm512_dpbf16_ps(_mm512_maskz_loadu_ps(m1, db + c + 16), (__m512bh)o1, ones));
+      _mm512_mask_storeu_ps(db + c, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, db + c), s0));
+      if (m1) _mm512_mask_storeu_ps(db + c + 16, m1, _mm512_add_ps(_mm512_maskz_loadu_ps(m1, db + c + 16), s1));
     }
   }
 }
@@ -172,19 +179,18 @@ void pack_segment(const Geometry& g, const Segment& sg, const uint16_t* D, const
   const bool second = n0 + 1 < g.N;
   const uint16_t* D0 = D + n0 * ds[0];
   const uint16_t* X0 = X + n0 * xs[0];
-  for (int64_t r = 0; r < sg.rows; ++r)
-    for (int64_t w = 0; w < g.W; ++w) {
-      const int64_t o = (sg.h0 + r) * ds[2] + w * ds[3];
-      interleave_pair(D0 + o, second ? D0 + ds[0] + o : nullptr, g.Co, As + (r * g.W + w) * g.Co, db);
-    }
+  const uint16_t* D1 = second ? D0 + ds[0] : nullptr;
+  const uint16_t* X1 = second ? X0 + xs[0] : nullptr;
+  for (int64_t r = 0; r < sg.rows; ++r) {
+    const int64_t o = (sg.h0 + r) * ds[2];
+    interleave_row(D0 + o, D1 ? D1 + o : nullptr, ds[3], g.W, g.Co, As + r * g.W * g.Co, db);
+  }
   for (int64_t rp = 0; rp < sg.rows + 2 * g.pad; ++rp) {  // the border columns stay zero from the allocation
     const int64_t h = sg.h0 + rp - g.pad;
     const bool inside = h >= 0 && h < g.H;
-    for (int64_t w = 0; w < g.W; ++w) {
-      const int64_t o = h * xs[2] + w * xs[3];
-      interleave_pair(inside ? X0 + o : nullptr, inside && second ? X0 + xs[0] + o : nullptr, g.Ci,
-                      Bs + (rp * g.Wp + w + g.pad) * g.Ci, nullptr);
-    }
+    const int64_t o = h * xs[2];
+    interleave_row(inside ? X0 + o : nullptr, inside && X1 ? X1 + o : nullptr, xs[3], g.W, g.Ci,
+                   Bs + (rp * g.Wp + g.pad) * g.Ci, nullptr);
   }
 }
 
