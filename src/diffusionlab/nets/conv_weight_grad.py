@@ -1,7 +1,7 @@
 """3x3 convolutions whose weight gradient comes from our AVX512-BF16 kernel when training bf16 on a CPU without AMX.
 
-Without AMX, oneDNN computes a convolution's weight gradient with an older kernel at 65-75% of the rate of its
-forward pass; ``kernels/conv_weight_grad_nhwc.cpp`` runs the same sums at the forward's rate (vdpbf16ps over
+Without AMX, oneDNN computes a convolution's weight gradient with an older kernel at 55-75% of the rate of its
+forward pass; ``kernels/conv_weight_grad_nhwc.cpp`` runs the same sums 1.2-1.5x faster (vdpbf16ps over
 pairs of images, float32 accumulation, see its header). :class:`Conv2d` is ``nn.Conv2d`` with the same
 parameters, ``state_dict`` and outputs; in a training forward of a 3x3, stride-1, padding-1 convolution with at
 least 16 input channels (a multiple of 16), bf16 (autocast or bf16 weights) and a channels_last input, its

@@ -9,7 +9,7 @@
 // Every product of two bfloat16 numbers is exact in float32, so the only rounding is the float32 summation.
 //
 // Why not oneDNN's: without AMX, oneDNN runs this pass with an older kernel at 65-75% of the rate of its forward
-// convolution (measured on an AMD Zen 5, 2026-12-06: 340-460 GFLOP/s per core against 500-600 forward). The
+// convolution (measured on an AMD Zen 5, 2026-12-06: 280-410 GFLOP/s per core against 500-600 forward). The
 // loop below is a GEMM per tap, dw_tap[co, ci] += dy[p, co] * x[p + shift, ci] over pixels p, whose reduction
 // runs over pixels. vdpbf16ps multiplies pairs of bfloat16 along the reduction, so the pairs are formed along
 // the batch: images 2q and 2q + 1 at the same pixel (a zero image pads an odd batch). Shifting by a tap then
