@@ -82,7 +82,7 @@ inline void interleave_row(const uint16_t* p0, const uint16_t* p1, int64_t ps, i
 }
 
 struct Geometry {
-  int64_t N, H, W, Co, Ci, k, pad, Wp;
+  int64_t N, H, W, Co, Ci, pad, Wp;
   int64_t rows;      // output rows per segment (a band of one image pair)
   int64_t segments;  // segments per block
   int64_t a_size() const { return rows * W * Co; }                // uint32 per segment of the A pack
@@ -225,7 +225,7 @@ std::vector<at::Tensor> weight_grad(const at::Tensor& dy, const at::Tensor& x, i
 #ifdef DIFFUSIONLAB_CONV_WGRAD_AVX512
   Geometry g;
   g.N = x.size(0), g.H = x.size(2), g.W = x.size(3), g.Co = Co, g.Ci = Ci;
-  g.k = k, g.pad = (k - 1) / 2, g.Wp = g.W + 2 * g.pad;
+  g.pad = (k - 1) / 2, g.Wp = g.W + 2 * g.pad;
   const int64_t target = 512;  // pixels (reduction pairs) per block
   g.rows = std::min<int64_t>(g.H, std::max<int64_t>(1, target / g.W));
   g.segments = std::max<int64_t>(1, target / (g.rows * g.W));
@@ -240,6 +240,10 @@ std::vector<at::Tensor> weight_grad(const at::Tensor& dy, const at::Tensor& x, i
   float* acc_all = acc.data_ptr<float>();
   float* db_all = dbias.data_ptr<float>();
   const int cz_full = static_cast<int>(std::min<int64_t>(4, Ci / 16));
+  // input channels go in chunks of up to 4 vectors (cz), each chunk's Co in co_tiles register tiles
+  auto chunk = [&](int64_t ci0) { return static_cast<int>(std::min<int64_t>(cz_full, (Ci - ci0) / 16)); };
+  int64_t tiles = 0;  // register tiles per block, over which the next block's prefetch is spread
+  for (int64_t ci0 = 0; ci0 < Ci; ci0 += 16 * chunk(ci0)) tiles += taps * co_tiles(Co, chunk(ci0));
   at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
     float* acc_mine = acc_all + at::get_thread_num() * taps * Co * Ci;
     float* db_mine = db_all + at::get_thread_num() * Co;
@@ -257,14 +261,11 @@ std::vector<at::Tensor> weight_grad(const at::Tensor& dy, const at::Tensor& x, i
       if (blk + 1 < b1)
         for (int64_t s = 0; s < std::min(g.segments, nseg - (blk + 1) * g.segments); ++s)
           prefetch_segment(pf, g, bs[g.segments + s], D, ds, X, xs);
-      int64_t tiles = 0;
-      for (int64_t ci0 = 0, cz = cz_full; ci0 < Ci; ci0 += 16 * cz, cz = std::min<int64_t>(cz_full, (Ci - ci0) / 16))
-        tiles += taps * co_tiles(Co, cz);
       const int64_t per_tile = pf.lines / std::max<int64_t>(1, tiles) + 1;
       for (int64_t tap = 0; tap < taps; ++tap) {
         float* out = acc_mine + tap * Co * Ci;
         for (int64_t ci0 = 0; ci0 < Ci;) {
-          const int cz = static_cast<int>(std::min<int64_t>(cz_full, (Ci - ci0) / 16));
+          const int cz = chunk(ci0);
           // Co in co_tiles near-equal tiles (64 = 9 x 6 + 2 x 5, not 10 x 6 + 4): fewer starved small tiles
           const int64_t n = co_tiles(Co, cz);
           for (int64_t i = 0, co0 = 0; i < n; ++i) {
