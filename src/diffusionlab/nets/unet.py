@@ -32,6 +32,7 @@ from diffusionlab.nets.blocks import Downsample, GroupNorm, ResBlock, Upsample
 from diffusionlab.nets.conv_weight_grad import Conv2d
 from diffusionlab.nets.embeddings import TimeEmbedding
 from diffusionlab.nets.inputs import check_image, concat_condition, prepare_labels, prepare_timesteps
+from diffusionlab.nets.skip_concat import cat_channels
 
 
 class _Level(nn.Module):
@@ -244,7 +245,7 @@ class UNet(nn.Module):
         h = self.mid(h, emb)
         for level in self.up:
             for j, res in enumerate(level.res):
-                h = res(torch.cat([h, skips.pop()], dim=1), emb)
+                h = res(cat_channels(h, skips.pop()), emb)
                 if level.attn is not None:
                     h = level.attn[j](h)
             if level.resample is not None:
