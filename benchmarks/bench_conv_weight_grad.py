@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from functools import partial
@@ -84,22 +83,7 @@ def step_speedup(model: str, rounds: int, on: list[bool]) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_unet
 
-    spec = dict(model=model, impl="ours", precision="bf16", channels_last=True, compile=False, batch=128, threads=1)
-    _, _, train_step, _ = bench_unet.setup(spec)
-    for _ in range(2):
-        train_step()
-    per_round: dict[bool, list[float]] = {False: [], True: []}
-    for r in range(rounds):
-        for state in (False, True) if r % 2 == 0 else (True, False):
-            on[0] = state
-            train_step()
-            times = []
-            for _ in range(3):
-                start = time.process_time()
-                train_step()
-                times.append(time.process_time() - start)
-            per_round[state].append(statistics.median(times))
-    off_ms, on_ms = (1e3 * statistics.median(per_round[s]) for s in (False, True))
+    off_ms, on_ms = bench_unet.alternating_step_ms(model, rounds, lambda state: on.__setitem__(0, state))
     print(
         f"{model:<14} oneDNN {off_ms:7.1f} ms  ours {on_ms:7.1f} ms per step (medians of {rounds} rounds)  "
         f"speed-up {off_ms / on_ms:.3f}"

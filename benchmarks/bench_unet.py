@@ -160,6 +160,29 @@ def make_train_step(forward, opt, inputs: tuple, target, bf16: bool):
     return train_step
 
 
+def alternating_step_ms(model: str, rounds: int, switch) -> tuple[float, float]:
+    """Ours' training step of ``model`` (bf16, channels_last, batch 128, one thread) with ``switch(False)`` and
+    ``switch(True)`` in alternating rounds inside one process (each round: one untimed step, then the median CPU
+    time of 3): the medians over the rounds in ms, ``(off, on)``. One process and CPU time, so a slow spell of a
+    shared machine hits both sides."""
+    spec = dict(model=model, impl="ours", precision="bf16", channels_last=True, compile=False, batch=128, threads=1)
+    _, _, train_step, _ = setup(spec)
+    for _ in range(2):
+        train_step()
+    per_round: dict[bool, list[float]] = {False: [], True: []}
+    for r in range(rounds):
+        for state in (False, True) if r % 2 == 0 else (True, False):
+            switch(state)
+            train_step()
+            times = []
+            for _ in range(3):
+                start = time.process_time()
+                train_step()
+                times.append(time.process_time() - start)
+            per_round[state].append(statistics.median(times))
+    return tuple(1e3 * statistics.median(per_round[s]) for s in (False, True))
+
+
 def op_averages(train_step, steps: int):
     """``torch.profiler``'s per-op CPU times (``key_averages()``) over ``steps`` calls of ``train_step``."""
     from torch.profiler import ProfilerActivity
