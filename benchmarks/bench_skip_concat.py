@@ -1,9 +1,9 @@
-"""The U-Nets' skip concatenation (``nets/skip_concat.cat_channels``) against ``torch.cat`` in a training step.
+"""UNet's skip concatenation (``nets/skip_concat.cat_channels``) against ``torch.cat`` in a training step.
 
     python benchmarks/bench_skip_concat.py                                  # unet_small, unet_small_28 (~2 min)
-    python benchmarks/bench_skip_concat.py --models context_unet --rounds 8
+    python benchmarks/bench_skip_concat.py --models unet_small --rounds 10
 
-``benchmarks/bench_unet.py``'s training step of ours (bf16, channels_last, batch 128, one thread), the UNets'
+``benchmarks/bench_unet.py``'s training step of ours (bf16, channels_last, batch 128, one thread), the UNet's
 skip concatenations switched between ``torch.cat`` (whose backward hands out strided channel slices of the
 gradient) and ``cat_channels`` (dense channels_last gradients) in alternating rounds inside one process (CPU
 time, median of 3 steps per round); the ratio of the medians over the rounds is the step's speed-up.
@@ -20,12 +20,14 @@ from diffusionlab.utils import allocator  # no torch: tuned in __main__ before t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["unet_small", "unet_small_28"], help="bench_unet.py's names")
+    parser.add_argument(
+        "--models", nargs="+", default=["unet_small", "unet_small_28"], help="bench_unet.py's UNet names"
+    )
     parser.add_argument("--rounds", type=int, default=6, help="alternating torch.cat / cat_channels rounds")
     args = parser.parse_args()
     import torch
 
-    from diffusionlab.nets import context_unet, skip_concat, unet
+    from diffusionlab.nets import skip_concat, unet
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_unet
@@ -34,8 +36,7 @@ def main() -> None:
         return torch.cat(tensors, dim=1)
 
     def switch(dense: bool) -> None:
-        for module in (unet, context_unet):  # both import the function by name
-            module.cat_channels = skip_concat.cat_channels if dense else plain_cat
+        unet.cat_channels = skip_concat.cat_channels if dense else plain_cat  # unet imports it by name
 
     print(f"skip concatenation in ours' bf16 training step, batch 128, 1 thread; {allocator.describe()}")
     for model in args.models:

@@ -22,7 +22,6 @@ from diffusionlab.nets.blocks import GroupNorm
 from diffusionlab.nets.conv_weight_grad import Conv2d
 from diffusionlab.nets.embeddings import EmbedFC
 from diffusionlab.nets.inputs import check_image, prepare_labels, prepare_timesteps
-from diffusionlab.nets.skip_concat import cat_channels
 
 
 class ResidualConvBlock(nn.Module):
@@ -70,7 +69,7 @@ class UnetUp(nn.Module):
         )
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        return self.model(cat_channels(x, skip))
+        return self.model(torch.cat((x, skip), dim=1))
 
 
 class ContextUnet(nn.Module):
@@ -166,4 +165,4 @@ class ContextUnet(nn.Module):
             cemb2 = self.contextembed2(context).view(b, n, 1, 1)
             up2 = self.up1(cemb1 * up1 + temb1, down2)
             up3 = self.up2(cemb2 * up2 + temb2, down1)
-        return self.out(cat_channels(up3, x0))
+        return self.out(torch.cat((up3, x0), dim=1))
