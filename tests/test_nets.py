@@ -390,6 +390,26 @@ def test_attention_bf16_training_path_matches_sdpa():
         torch.testing.assert_close(g.float(), e, atol=6e-2, rtol=5e-2)
 
 
+@pytest.mark.parametrize(
+    "shape,matmul",
+    [((2, 1, 64, 64), True), ((2, 2, 49, 128), True), ((2, 4, 64, 32), False), ((1, 1, 300, 64), False)],
+)
+def test_attention_bf16_sampling_route_by_head_width_and_positions(monkeypatch, shape, matmul):
+    """Without gradients, bf16 on CPU: two matmuls + softmax for heads >= 64 wide over <= 256 positions, PyTorch's
+    fused kernel otherwise; both match float32's SDPA."""
+    import diffusionlab.nets.attention as attention_module
+
+    q, k, v = (torch.randn(*shape) for _ in range(3))
+    expected = F.scaled_dot_product_attention(q, k, v)
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", lambda *a: calls.append(1) or real(*a))
+    with torch.inference_mode():
+        got = attention(*(a.to(torch.bfloat16) for a in (q, k, v)))
+    assert (calls == []) == matmul
+    torch.testing.assert_close(got.float(), expected, atol=3e-2, rtol=3e-2)
+
+
 def test_ported_diffusers_weights_give_equal_gradients():
     """Backward oracle: the same loss gives the same gradients (diffusers' mapped to our keys)."""
     diffusers = pytest.importorskip("diffusers")
