@@ -61,6 +61,9 @@ def diffusers_scheduler(name: str):
     return d.HeunDiscreteScheduler(**common, timestep_spacing="leading")
 
 
+OVERHEAD_REPEATS = 15  # the sampler-overhead rows time 7-65 ms per run: best of 3 moved by 2x between runs
+
+
 def ours(net, name, x_T, labels, steps, gen_seed):
     schedule = NoiseSchedule.from_name("linear", 1000)
     smp = get_sampler(name, schedule, steps)
@@ -170,8 +173,8 @@ def main() -> None:
         print(f"{'sampler':10} {'steps':>5} {'ours':>8} {'diffusers':>10} {'ratio':>6}")
         for name in args.samplers:
             steps = STEPS[name]
-            t_ours, t_them, _, _ = interleaved(
-                args.repeats + 1, (ours, null, name, x_T, labels, steps, 1), (theirs, null, name, x_T, labels, steps, 1)
+            t_ours, t_them, _, _ = interleaved(  # cheap without a network: more repeats for milliseconds
+                OVERHEAD_REPEATS, (ours, null, name, x_T, labels, steps, 1), (theirs, null, name, x_T, labels, steps, 1)
             )
             per_ours, per_them = 1e3 * t_ours / steps, 1e3 * t_them / steps
             print(f"{name:10} {steps:5d} {per_ours:8.3f} {per_them:10.3f} {t_them / t_ours:6.2f}")
