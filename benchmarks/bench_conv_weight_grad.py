@@ -78,12 +78,12 @@ def shape_table() -> None:
     print(f"{'all shapes':>24} | {total[0] * 1e3:9.1f} {'':>7} | {total[1] * 1e3:8.1f} {'':>7} | {ratio:5.2f}")
 
 
-def step_speedup(model: str, rounds: int, on: list[bool]) -> None:
-    """``on[0]`` switches the kernel (see :func:`main`)."""
+def step_speedup(model: str, rounds: int, switch) -> None:
+    """``switch(state)`` turns the kernel on or off (see :func:`main`)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_unet
 
-    off_ms, on_ms = bench_unet.alternating_step_ms(model, rounds, lambda state: on.__setitem__(0, state))
+    off_ms, on_ms = bench_unet.alternating_step_ms(model, rounds, switch)
     print(
         f"{model:<14} oneDNN {off_ms:7.1f} ms  ours {on_ms:7.1f} ms per step (medians of {rounds} rounds)  "
         f"speed-up {off_ms / on_ms:.3f}"
@@ -114,10 +114,12 @@ def main() -> None:
     )
     shape_table()
     if not args.no_step:
-        on = [True]
-        conv_weight_grad.available = lambda: on[0]  # built above; Conv2d looks it up at each call
+
+        def switch(state: bool) -> None:  # built above; Conv2d looks `available` up at each call
+            conv_weight_grad.available = lambda: state
+
         for model in args.models:
-            step_speedup(model, args.rounds, on)
+            step_speedup(model, args.rounds, switch)
 
 
 if __name__ == "__main__":
