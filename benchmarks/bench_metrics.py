@@ -21,6 +21,10 @@ Rows (batch 50 of 28x28 grayscale images, so the resize to 299x299 is included):
   or above a float32 matmul's rate here): the images/s a direct float32 extractor would reach with every
   FLOP at that rate, its ratio to the TorchScript graph, and the folded network's share of it (above 1 with
   Winograd, which needs fewer products);
+- ``torchscript, allocator defaults``: the TorchScript graph in a child process with glibc's and PyTorch's
+  allocator defaults (``DIFFUSIONLAB_TUNE_ALLOCATOR=0``): the FID extractor as the framework ran it before the
+  speed work of issue 13, so ``folded / that`` is the speed-up a user of the framework sees. The child runs
+  before and after the in-process rows and the faster of its two runs is kept;
 - ``inception torch-fidelity fp32``: torch-fidelity's eager network holding the same weights;
 - ``domain classifier``: the MNIST CNN's features (random weights: speed only);
 - ``fid 2048-d`` / ``kid 100x1000``: seconds for one FID (2048 x 2048 eigenvalue problem, independent of n)
@@ -40,7 +44,10 @@ from diffusionlab.utils import allocator
 allocator.tune_cpu_allocator()  # before torch is imported; the same for every peer timed here
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -83,6 +90,20 @@ def seconds(fn, repeats: int) -> float:
     return best
 
 
+def graph_with_allocator_defaults(args) -> float:
+    """Images/s of the TorchScript graph in a child process with the allocator defaults (this process's
+    settings are not inherited: ``THP_MEM_ALLOC_ENABLE`` is dropped from its environment)."""
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    env[allocator.SWITCH] = "0"
+    cmd = [sys.executable, __file__, "--graph-only", "--weights", args.weights, "--batch", str(args.batch)]
+    cmd += ["--batches", str(args.batches), "--repeats", str(args.repeats)]
+    cmd += ["--threads", str(args.threads)] if args.threads else []
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the allocator-defaults child failed:\n{done.stderr[-2000:]}")
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"])
+
+
 def fastest_layer_flops_per_second(repeats: int) -> float:
     """FLOP/s of the Inception's fastest float32 convolution on this machine (Mixed_5b's 5x5: 48 -> 64 channels
     at 35x35, batch 64, channels-last; wall clock, all threads, best of ``repeats``)."""
@@ -100,9 +121,19 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--graph-only", action="store_true", help="time only the TorchScript graph, print one JSON line")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (args.batch, 1, 28, 28), dtype=torch.uint8, generator=g)
+    if args.graph_only:
+        from diffusionlab.metrics.features import load_inception
+
+        rate = images_per_second(load_inception(args.weights, folded=False), images, args.batches, args.repeats)
+        print(json.dumps({"images_per_s": rate, "allocator": allocator.describe()}))
+        return
+    defaults_rates = [graph_with_allocator_defaults(args)]
 
     from diffusionlab.metrics import scores
     from diffusionlab.metrics.classifier import ClassifierFeatures, DomainClassifier
@@ -114,8 +145,6 @@ def main() -> None:
     from diffusionlab.metrics.inception_folded import FoldedInceptionNet
     from diffusionlab.utils.io import atomic_write_json
 
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (args.batch, 1, 28, 28), dtype=torch.uint8, generator=g)
     ts = load_inception(args.weights, folded=False)
     folded = load_inception(args.weights)
     direct = FoldedInceptionNet(torch_fidelity_skeleton(), with_logits=False, winograd=False)
@@ -138,6 +167,12 @@ def main() -> None:
     rows["folded / torchscript (x)"] = speedup
     rows["folded without Winograd / torchscript (x)"] = (
         rows["inception folded fp32 without Winograd (img/s)"] / rows["inception torchscript fp32 (img/s)"]
+    )
+
+    defaults_rates.append(graph_with_allocator_defaults(args))
+    rows["inception torchscript fp32, allocator defaults (img/s)"] = max(defaults_rates)
+    rows["folded / torchscript with allocator defaults (x)"] = (
+        rows["inception folded fp32 (img/s)"] / rows["inception torchscript fp32, allocator defaults (img/s)"]
     )
 
     def in_chunks_of_8(x):  # the TorchScript graph with the folded net's trick of small batches (a fairer peer)
