@@ -130,7 +130,8 @@ def main() -> None:
     if args.graph_only:
         from diffusionlab.metrics.features import load_inception
 
-        rate = images_per_second(load_inception(args.weights, folded=False), images, args.batches, args.repeats)
+        graph = load_inception(args.weights, folded=False)
+        rate = images_per_second(graph, images, args.batches, args.repeats + 1)  # as many runs as the folded rows
         print(json.dumps({"images_per_s": rate, "allocator": allocator.describe()}))
         return
     defaults_rates = [graph_with_allocator_defaults(args)]
