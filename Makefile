@@ -35,7 +35,7 @@ classifier: data  ## train and cache the MNIST and Fashion-MNIST domain classifi
 bench:  ## speed and memory against peers measured in the same run (ratios); not part of the tests
 	$(PY) benchmarks/bench_unet.py --quick --rounds 2
 	$(PY) benchmarks/bench_conv_weight_grad.py
-	$(PY) benchmarks/bench_skip_concat.py
+	$(PY) benchmarks/bench_step_switches.py
 	$(PY) benchmarks/bench_sampling.py --bf16 --channels-last
 	$(PY) benchmarks/bench_sampling.py --bf16 --channels-last --model unet_small_28
 	$(PY) benchmarks/bench_metrics.py

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffusionlab.nets import fused_group_norm
+from diffusionlab.nets import fused_group_norm, upsample_conv
 from diffusionlab.nets.conv_weight_grad import Conv2d
 
 
@@ -157,11 +157,15 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Double H and W by nearest-neighbour interpolation then conv3x3: ``[B, C, H, W] -> [B, C, 2H, 2W]``."""
+    """Double H and W by nearest-neighbour interpolation then conv3x3: ``[B, C, H, W] -> [B, C, 2H, 2W]``.
+    On the CPU in channels_last both run as one convolution of the small image with 4 instead of 9 taps per
+    output (:mod:`diffusionlab.nets.upsample_conv`; same parameters)."""
 
     def __init__(self, ch: int):
         super().__init__()
         self.conv = Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
+        if upsample_conv.applies(x):
+            return upsample_conv.nearest2x_conv3x3(x, self.conv.weight, self.conv.bias)
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusionlab.nets import upsample_conv
 from diffusionlab.nets.blocks import GroupNorm
 from diffusionlab.nets.conv_weight_grad import Conv2d
 
@@ -63,13 +64,16 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour upsampling (x2, or to ``size``) followed by a 3x3 conv."""
+    """Nearest-neighbour upsampling (x2, or to ``size``) followed by a 3x3 conv; x2 on channels_last CPU tensors
+    as one convolution of the small image (:mod:`diffusionlab.nets.upsample_conv`, same parameters)."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        if size is None and upsample_conv.applies(x):
+            return upsample_conv.nearest2x_conv3x3(x, self.conv.weight, self.conv.bias)
         if size is None:
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         else:

@@ -8,8 +8,8 @@ a strided channel slice runs 5-9x slower than over a dense tensor (2.5-2.7 ms ag
 copies each slice into a dense channels_last tensor once, in the concatenation's backward.
 Measured 2026-12-06 (Zen 5, one thread, ``unet_small`` bf16 training step, batch 128, ``torch.profiler``,
 alternating): the step's ``aten::add`` time 25.0 -> 8.4 ms; the step 1.02x (``unet_small_28`` 1.03x,
-``benchmarks/bench_skip_concat.py``). The seed's ``ContextUnet`` keeps ``torch.cat``: there the copies cost
-more than they save (0.98-0.99x).
+``benchmarks/bench_step_switches.py --switches skip_concat``). The seed's ``ContextUnet`` keeps ``torch.cat``:
+there the copies cost more than they save (0.98-0.99x).
 """
 
 from __future__ import annotations
