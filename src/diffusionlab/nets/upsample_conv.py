@@ -17,9 +17,10 @@ weights' precision, float32 for autocast). Two ways to run it, whichever oneDNN 
 Measured (2026-12-06, AMD EPYC Zen 5, one thread, bf16 autocast, channels_last, batch 128, 64 channels; a
 one-off probe alternating the three): 16x16 -> 32x32 forward + backward 58.3 ms as interpolate + conv, 38.3 ms
 as phases, 55.9 ms as a transposed convolution (its backward is slow); forward alone 19.3 / 13.5 / 10.8 ms.
-8x8 -> 16x16: 13.9 / 10.4 / 13.9 ms, forward 4.5 / 3.7 / 2.9 ms. The ``unet_small`` training step 1.033x,
-``unet_small_28`` 1.029x (``benchmarks/bench_step_switches.py --switches upsample_conv``). Off the CPU, for
-NCHW tensors and under ``torch.compile`` ``Upsample`` runs the two ops as before.
+8x8 -> 16x16: 13.9 / 10.4 / 13.9 ms, forward 4.5 / 3.7 / 2.9 ms. The ``unet_small`` training step
+1.033-1.040x, ``unet_small_28`` 0.998-1.029x (its 7x7 and 14x14 inputs pay for the extra phase row and column;
+``benchmarks/bench_step_switches.py --switches upsample_conv``, three runs). Off the CPU, for NCHW tensors and
+under ``torch.compile`` ``Upsample`` runs the two ops as before.
 """
 
 from __future__ import annotations
