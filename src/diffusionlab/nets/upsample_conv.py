@@ -68,6 +68,15 @@ def transposed_weights(weight: Tensor) -> Tensor:
     return _combined(weight, TAPS, "pk,ql,oikl->iopq")
 
 
+def _phase_views(full: Tensor, phases: Tensor, h: int, w: int) -> list[tuple[Tensor, Tensor]]:
+    """For each output phase (a, b): the views ``full[:, :, 2i + a, 2j + b]`` of ``full [B, C, 2h, 2w]`` and
+    ``phases[:, (a, b, :), i + a, j + b]`` of ``phases [B, 4 C, h + 1, w + 1]`` (i < h, j < w), both
+    channels_last, as ``[B, C, h, w]`` pairs to copy one way (forward) or the other (backward)."""
+    b, c = full.shape[:2]
+    f, p = full.view(b, c, h, 2, w, 2), phases.view(b, 2, 2, c, h + 1, w + 1)
+    return [(f[:, :, :, a, :, a2], p[:, a, a2, :, a : a + h, a2 : a2 + w]) for a in (0, 1) for a2 in (0, 1)]
+
+
 class _InterleavePhases(torch.autograd.Function):
     """``[B, 4 C, H + 1, W + 1]`` (phases (a, b) stacked over channels, channels_last) ->
     ``[B, C, 2H, 2W]`` channels_last, ``out[:, :, 2i + a, 2j + b] = y[:, (a, b, :), i + a, j + b]``."""
@@ -75,12 +84,9 @@ class _InterleavePhases(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y: Tensor, h: int, w: int) -> Tensor:
         y = y.contiguous(memory_format=torch.channels_last)
-        b, c = y.shape[0], y.shape[1] // 4
-        out = torch.empty(b, c, 2 * h, 2 * w, dtype=y.dtype, memory_format=torch.channels_last)
-        o, p = out.view(b, c, h, 2, w, 2), y.view(b, 2, 2, c, h + 1, w + 1)
-        for a in (0, 1):
-            for a2 in (0, 1):
-                o[:, :, :, a, :, a2].copy_(p[:, a, a2, :, a : a + h, a2 : a2 + w])
+        out = torch.empty(y.shape[0], y.shape[1] // 4, 2 * h, 2 * w, dtype=y.dtype, memory_format=torch.channels_last)
+        for full, phase in _phase_views(out, y, h, w):
+            full.copy_(phase)
         ctx.size = h, w
         return out
 
@@ -90,10 +96,8 @@ class _InterleavePhases(torch.autograd.Function):
         grad = grad.contiguous(memory_format=torch.channels_last)
         b, c = grad.shape[:2]
         dy = torch.empty(b, 4 * c, h + 1, w + 1, dtype=grad.dtype, memory_format=torch.channels_last).zero_()
-        g, p = grad.view(b, c, h, 2, w, 2), dy.view(b, 2, 2, c, h + 1, w + 1)
-        for a in (0, 1):
-            for a2 in (0, 1):
-                p[:, a, a2, :, a : a + h, a2 : a2 + w].copy_(g[:, :, :, a, :, a2])
+        for full, phase in _phase_views(grad, dy, h, w):
+            phase.copy_(full)
         return dy, None, None
 
 
