@@ -41,7 +41,7 @@ bench:  ## speed and memory against peers measured in the same run (ratios); not
 	$(PY) benchmarks/bench_metrics.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_latent.py
-	$(PY) benchmarks/bench_ddp.py --precision bf16-mixed --batch 128 --steps 30
+	$(PY) benchmarks/bench_ddp.py --precision bf16-mixed --batch 128 --steps 30 --rounds 3
 	$(PY) benchmarks/bench_ddp_torch.py
 
 bench-sd:  ## full-size Stable Diffusion UNet step, ours vs diffusers (slow: minutes on a CPU)

@@ -14,7 +14,11 @@ Four cells, the same global batch and model (``train.py debug=fast`` with the th
 Reported: median global images/s over the steps after the warm-up, scaling efficiency
 ``img/s(N processes) / (N x img/s(1 process, 1 thread))`` (1.0 = perfect) split into the machine's share
 (independent / (N x 1 process)) and DDP's own (DDP / independent), and the speed-up of DDP over threads.
-On a machine shared with other jobs the wall-clock numbers move with the load: compare cells of one run only.
+
+On a shared VM the same step moves by 10% within minutes, more than DDP costs, so a single pass over the
+cells measures the load as much as the code. ``--rounds`` repeats the four cells, in reversed order every
+other round, prints each round's ratios (cells of one round run within two minutes of each other) and their
+median: the figure to quote.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,11 +87,23 @@ def run_independent(processes: int, args, workdir: Path) -> dict:
     }
 
 
+def ratios(cells: dict[str, dict], n: int) -> dict[str, float]:
+    """Scaling efficiency and its two factors from one round's four cells (in ``main``'s order)."""
+    base, threaded, ddp, independent = (c["images_per_s"] for c in cells.values())
+    return {
+        "scaling": ddp / (n * base),
+        "machine": independent / (n * base),
+        "ddp": ddp / independent,
+        "vs_threads": ddp / threaded,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--batch", type=int, default=64, help="global batch")
     ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=1, help="passes over the four cells, alternating their order")
     ap.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DIFFUSIONLAB_DATA_DIR", ROOT / "data")))
     ap.add_argument("--timeout", type=float, default=1800)
@@ -95,25 +112,38 @@ def main() -> None:
     n = args.processes
     if args.batch % n:
         ap.error(f"--batch {args.batch} must be divisible by --processes {n}")
+    if args.rounds < 1:
+        ap.error(f"--rounds must be >= 1, got {args.rounds}")
+    runners = {
+        "1 process x 1 thread": lambda d: run_cell(1, 1, args, d),
+        f"1 process x {n} threads": lambda d: run_cell(1, n, args, d),
+        f"{n} processes x 1 thread (DDP gloo)": lambda d: run_cell(n, 1, args, d),
+        f"{n} independent processes x 1 thread": lambda d: run_independent(n, args, d),
+    }
+    rounds: list[dict[str, dict]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        cells = {
-            "1 process x 1 thread": run_cell(1, 1, args, Path(tmp)),
-            f"1 process x {n} threads": run_cell(1, n, args, Path(tmp)),
-            f"{n} processes x 1 thread (DDP gloo)": run_cell(n, 1, args, Path(tmp)),
-            f"{n} independent processes x 1 thread": run_independent(n, args, Path(tmp)),
-        }
-    base, threaded, ddp, independent = (c["images_per_s"] for c in cells.values())
-    timed = next(iter(cells.values()))["steps"]
-    print(f"\nglobal batch {args.batch}, {args.precision}, {args.steps} steps ({timed} timed)")
-    print(f"{'cell':40s} {'img/s':>8s} {'step s':>8s}")
-    for name, c in cells.items():
-        print(f"{name:40s} {c['images_per_s']:8.1f} {c['median_step_s']:8.3f}")
-    print(f"scaling efficiency of {n} processes: {ddp / (n * base):.2f} (1.00 = linear)")
+        for r in range(args.rounds):
+            order = list(runners) if r % 2 == 0 else list(reversed(runners))
+            done = {name: runners[name](Path(tmp) / f"round{r}") for name in order}
+            rounds.append({name: done[name] for name in runners})
+    per_round = [ratios(cells, n) for cells in rounds]
+    timed = rounds[0][next(iter(runners))]["steps"]
+    print(f"\nglobal batch {args.batch}, {args.precision}, {args.steps} steps ({timed} timed), {args.rounds} round(s)")
+    print(f"{'cell':40s} {'img/s':>8s} {'step s':>8s}   (median over rounds)")
+    for name in runners:
+        img_s = statistics.median(cells[name]["images_per_s"] for cells in rounds)
+        step_s = statistics.median(cells[name]["median_step_s"] for cells in rounds)
+        print(f"{name:40s} {img_s:8.1f} {step_s:8.3f}")
+    if args.rounds > 1:
+        for r, q in enumerate(per_round):
+            print(f"round {r + 1}: scaling {q['scaling']:.2f} = machine {q['machine']:.2f} x DDP itself {q['ddp']:.2f}")
+    med = {key: statistics.median(q[key] for q in per_round) for key in per_round[0]}
+    print(f"scaling efficiency of {n} processes: {med['scaling']:.2f} (1.00 = linear; median of the rounds' ratios)")
     print(
-        f"  of which the machine: {independent / (n * base):.2f} ({n} runs of batch {args.batch // n} side by side, "
-        f"no communication), DDP itself: {ddp / independent:.2f}"
+        f"  of which the machine: {med['machine']:.2f} ({n} runs of batch {args.batch // n} side by side, "
+        f"no communication), DDP itself: {med['ddp']:.2f}"
     )
-    print(f"DDP vs {n} threads in one process: {ddp / threaded:.2f}x")
+    print(f"DDP vs {n} threads in one process: {med['vs_threads']:.2f}x")
 
 
 if __name__ == "__main__":
