@@ -3,6 +3,7 @@
     python benchmarks/bench_unet.py            # eager cells + torch.compile for bf16/channels_last (~30 min)
     python benchmarks/bench_unet.py --quick    # channels_last only, 3 timed steps, no compile (~5 min)
     python benchmarks/bench_unet.py --profile ours --models unet_small_28 --precision bf16   # top ops
+    python benchmarks/bench_unet.py --quick --rounds 2 --paired 8    # make bench: + the ratio in one process
 
 Models: ``unet_small_28``, experiment=mnist_fast's network (``unet_small`` at native 28x28, attention at 7x7),
 the default MNIST model ``configs/model/unet_small.yaml`` at 32x32 (diffusers' ``UNet2DModel`` built
@@ -18,6 +19,10 @@ fastest run kept; the bf16 peak is measured before and after, the higher kept). 
 * ``img/cpu-s``: batch / median CPU time of the step (``time.process_time``). On a machine shared with other
   jobs this is the stable number (wall time includes the time the scheduler gave to others); with one thread
   (the default, ``--threads``) it is the single-core speed. Ratios use it.
+
+``--paired N``: after the table, ours and diffusers' bf16 channels-last steps alternate inside one process for
+N rounds and each round's ratio is printed with their median. On a shared VM the same step moves by 10% within
+minutes, so the table's ratio (two processes minutes apart) carries that noise; the paired one does not.
 
 ``fwd/cpu-s``: images per CPU-second of the inference forward pass (eval mode, ``torch.inference_mode``): the
 cost of one sampling step.
@@ -160,27 +165,51 @@ def make_train_step(forward, opt, inputs: tuple, target, bf16: bool):
     return train_step
 
 
-def alternating_step_ms(model: str, rounds: int, switch) -> tuple[float, float]:
-    """Ours' training step of ``model`` (bf16, channels_last, batch 128, one thread) with ``switch(False)`` and
-    ``switch(True)`` in alternating rounds inside one process (each round: one untimed step, then the median CPU
-    time of 3): the medians over the rounds in ms, ``(off, on)``. One process and CPU time, so a slow spell of a
-    shared machine hits both sides."""
-    spec = dict(model=model, impl="ours", precision="bf16", channels_last=True, compile=False, batch=128, threads=1)
-    _, _, train_step, _ = setup(spec)
-    for _ in range(2):
-        train_step()
-    per_round: dict[bool, list[float]] = {False: [], True: []}
+def alternating_ms(variants: dict, rounds: int) -> dict:
+    """CPU ms per step of each variant in alternating rounds inside one process: ``variants`` maps a name to
+    ``(prepare, train_step)``; every round runs them in turn (the order reversed every other round), each as
+    ``prepare()``, one untimed step, then the median CPU time of 3 steps. Returns name -> per-round ms. One
+    process and CPU time, so a slow spell of a shared machine hits every variant alike."""
+    per_round: dict = {name: [] for name in variants}
     for r in range(rounds):
-        for state in (False, True) if r % 2 == 0 else (True, False):
-            switch(state)
+        for name in list(variants) if r % 2 == 0 else list(reversed(variants)):
+            prepare, train_step = variants[name]
+            prepare()
             train_step()
             times = []
             for _ in range(3):
                 start = time.process_time()
                 train_step()
                 times.append(time.process_time() - start)
-            per_round[state].append(statistics.median(times))
-    return tuple(1e3 * statistics.median(per_round[s]) for s in (False, True))
+            per_round[name].append(1e3 * statistics.median(times))
+    return per_round
+
+
+def alternating_step_ms(model: str, rounds: int, switch) -> tuple[float, float]:
+    """Ours' training step of ``model`` (bf16, channels_last, batch 128, one thread) with ``switch(False)`` and
+    ``switch(True)`` in alternating rounds (:func:`alternating_ms`): the medians over the rounds in ms,
+    ``(off, on)``."""
+    spec = dict(model=model, impl="ours", precision="bf16", channels_last=True, compile=False, batch=128, threads=1)
+    _, _, train_step, _ = setup(spec)
+    for _ in range(2):
+        train_step()
+    per_round = alternating_ms({s: (lambda s=s: switch(s), train_step) for s in (False, True)}, rounds)
+    return tuple(statistics.median(per_round[s]) for s in (False, True))
+
+
+def paired_ratios(model: str, rounds: int, batch: int = 128) -> list[float]:
+    """Ours / diffusers' training speed (bf16, channels_last, one thread) with both networks in this one
+    process, their steps alternating (:func:`alternating_ms`): each round's ratio diffusers ms / ours ms. The
+    table's cells run in separate processes minutes apart, so the load of a shared machine moves their ratio;
+    here both sides of each round's ratio are measured within seconds of each other."""
+    steps = {}
+    for impl in ("ours", "diffusers"):
+        spec = dict(model=model, impl=impl, precision="bf16", channels_last=True, compile=False, batch=batch)
+        _, _, steps[impl], _ = setup({**spec, "threads": 1})
+        for _ in range(2):
+            steps[impl]()
+    per_round = alternating_ms({impl: (lambda: None, step) for impl, step in steps.items()}, rounds)
+    return [theirs / ours for ours, theirs in zip(per_round["ours"], per_round["diffusers"])]
 
 
 def op_averages(train_step, steps: int):
@@ -404,6 +433,14 @@ def main() -> None:
         help="run every cell this many times, ours and diffusers' in turn, and keep each one's fastest run "
         "(a slow spell of a shared machine then hits both, not whichever ran second)",
     )
+    parser.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="after the table: ours / diffusers bf16 + channels_last with both networks in one process, their "
+        "steps alternating for ROUNDS rounds (see paired_ratios); the median of the rounds' ratios",
+    )
     parser.add_argument("--models", nargs="+", default=list(DATA), choices=list(DATA))
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     parser.add_argument(
@@ -477,6 +514,15 @@ def main() -> None:
         "ours' convolutions took no time; " + allocator.describe(),
         peak,
     )
+    if args.paired:
+        print(
+            f"\nours / diffusers, bf16 + channels_last, batch {args.batch}, 1 thread, both in one process, steps "
+            f"alternating ({args.paired} rounds of median-of-3 CPU times):"
+        )
+        for model in (m for m in args.models if m != "context_unet"):
+            ratios = paired_ratios(model, args.paired, args.batch)
+            listed = " ".join(f"{r:.2f}" for r in ratios)
+            print(f"  {model:<14} median {statistics.median(ratios):.2f}  (rounds: {listed})")
     if args.json:
         sys.path.insert(0, str(ROOT / "src"))
         from diffusionlab.utils.io import atomic_write_json
