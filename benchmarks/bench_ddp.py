@@ -1,7 +1,7 @@
 """Multi-process scaling on the CPU: the real training entry point with 1 process vs 2 DDP processes (gloo).
 
     python benchmarks/bench_ddp.py                    # default MNIST UNet, global batch 64, fp32
-    python benchmarks/bench_ddp.py --precision bf16-mixed --batch 128 --steps 30   # make bench
+    python benchmarks/bench_ddp.py --precision bf16-mixed --batch 128 --steps 30 --rounds 3   # make bench
 
 Four cells, the same global batch and model (``train.py debug=fast`` with the throughput callback):
 

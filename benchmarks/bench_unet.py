@@ -197,15 +197,15 @@ def alternating_step_ms(model: str, rounds: int, switch) -> tuple[float, float]:
     return tuple(statistics.median(per_round[s]) for s in (False, True))
 
 
-def paired_ratios(model: str, rounds: int, batch: int = 128) -> list[float]:
-    """Ours / diffusers' training speed (bf16, channels_last, one thread) with both networks in this one
+def paired_ratios(model: str, rounds: int, batch: int = 128, threads: int = 1) -> list[float]:
+    """Ours / diffusers' training speed (bf16, channels_last, ``threads`` threads) with both networks in this one
     process, their steps alternating (:func:`alternating_ms`): each round's ratio diffusers ms / ours ms. The
     table's cells run in separate processes minutes apart, so the load of a shared machine moves their ratio;
     here both sides of each round's ratio are measured within seconds of each other."""
     steps = {}
     for impl in ("ours", "diffusers"):
         spec = dict(model=model, impl=impl, precision="bf16", channels_last=True, compile=False, batch=batch)
-        _, _, steps[impl], _ = setup({**spec, "threads": 1})
+        _, _, steps[impl], _ = setup({**spec, "threads": threads})
         for _ in range(2):
             steps[impl]()
     per_round = alternating_ms({impl: (lambda: None, step) for impl, step in steps.items()}, rounds)
@@ -516,11 +516,11 @@ def main() -> None:
     )
     if args.paired:
         print(
-            f"\nours / diffusers, bf16 + channels_last, batch {args.batch}, 1 thread, both in one process, steps "
-            f"alternating ({args.paired} rounds of median-of-3 CPU times):"
+            f"\nours / diffusers, bf16 + channels_last, batch {args.batch}, {args.threads} thread(s), both in one "
+            f"process, steps alternating ({args.paired} rounds of median-of-3 CPU times):"
         )
         for model in (m for m in args.models if m != "context_unet"):
-            ratios = paired_ratios(model, args.paired, args.batch)
+            ratios = paired_ratios(model, args.paired, args.batch, args.threads)
             listed = " ".join(f"{r:.2f}" for r in ratios)
             print(f"  {model:<14} median {statistics.median(ratios):.2f}  (rounds: {listed})")
     if args.json:
