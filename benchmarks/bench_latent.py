@@ -5,7 +5,7 @@ of pixel-space diffusion with a comparable network; cache size per image and the
     python benchmarks/bench_latent.py --steps 5        # smoke run
     python benchmarks/bench_latent.py --ae <run>       # a trained autoencoder (speed does not depend on weights)
 
-Settings (same batch, real MNIST padded to 32x32, class-conditional, T = 1000, AdamW):
+Settings (same batch, real MNIST padded to 32x32, class-conditional, T = 1000, the module's configured AdamW):
 
 * ``latent+cache``: ``experiment=mnist_ldm``'s UNet on 4x8x8 latents read from a :class:`LatentCacheDataModule`
   (a fresh posterior sample per item);
@@ -54,9 +54,9 @@ def _compose(*overrides: str):
 
 def _timed_steps(module, batches, steps: int, warmup: int) -> tuple[float, float]:
     """Median (wall, cpu) seconds of ``steps`` training steps after ``warmup`` untimed ones."""
-    import torch
+    from diffusionlab.lit.optim import make_optimizer
 
-    opt = torch.optim.AdamW(module.net.parameters(), lr=1e-4)
+    opt = make_optimizer(module.optimizer_factory, module.net.parameters(), None)  # the configured (fused) AdamW
     module.train()
     wall, cpu = [], []
     it = iter(batches)

@@ -166,6 +166,9 @@ class AutoencoderModule(LightningModule):
         # Same optimizer / warm-up scheduler wiring as the diffusion module (over ``self.net``).
         return DiffusionModule.configure_optimizers(self)
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        DiffusionModule.configure_gradient_clipping(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+
 
 def reconstruction_fid(real: Tensor, fake: Tensor, extractor) -> float:
     """FID between uint8 images ``real`` and ``fake`` (``[N, C, H, W]``) in ``extractor``'s feature space."""

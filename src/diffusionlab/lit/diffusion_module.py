@@ -14,6 +14,7 @@ from diffusionlab.data.samplers import global_batch_index
 from diffusionlab.diffusion.gaussian import GaussianDiffusion, NonFiniteLossError
 from diffusionlab.lit.ema import EMA
 from diffusionlab.lit.lr_schedules import max_time_used, warmup_cosine
+from diffusionlab.lit.optim import clip_gradients, make_optimizer
 from diffusionlab.pipelines import PRECISIONS, default_sampler_opts, generate
 from diffusionlab.utils import faults
 from diffusionlab.utils.checkpoints import check_state_dict_shapes
@@ -166,7 +167,7 @@ class DiffusionModule(LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.net.parameters())
+        optimizer = make_optimizer(self.optimizer_factory, self.net.parameters(), self._trainer)
         if self.scheduler_factory is None:
             return optimizer
         factory, trainer = self.scheduler_factory, self.trainer
@@ -184,6 +185,10 @@ class DiffusionModule(LightningModule):
             except TypeError:
                 scheduler = factory(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning's clipping, also for the fused optimizer under ``bf16-mixed`` (:mod:`diffusionlab.lit.optim`)."""
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------------ resume: RNG state travels too
     def on_save_checkpoint(self, checkpoint: dict) -> None:
