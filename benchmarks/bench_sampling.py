@@ -14,6 +14,9 @@ puts both networks and their inputs in channels-last memory format (``channels_l
 
 A second table times the samplers alone: the same loops around a network that costs next to nothing
 (``0.1 * x``), so what is left is each sampler's own arithmetic, guidance combination and bookkeeping per step.
+It runs on one thread: over these small tensors, CPU time at two threads counts OpenMP's threads waiting for
+work, and the same rows moved by 2x between repetitions in one process (DDIM 1.17x then 2.26x, 2026-12-06)
+where one thread read 1.24x and 1.27x.
 
 Both sides run in one process with the CPU allocator the entry points use (:mod:`diffusionlab.utils.allocator`,
 printed in the header; ``DIFFUSIONLAB_TUNE_ALLOCATOR=0`` for the defaults).
@@ -169,7 +172,9 @@ def main() -> None:
                 f"{t_them / t_ours:6.2f} {diff:10.2e}"
             )
         null = NullNet()
-        print(f"\nsampler overhead (network replaced by 0.1 * x), CPU-ms per step, batch {args.batch}")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # see the module docstring
+        print(f"\nsampler overhead (network replaced by 0.1 * x), CPU-ms per step, batch {args.batch}, 1 thread")
         print(f"{'sampler':10} {'steps':>5} {'ours':>8} {'diffusers':>10} {'ratio':>6}")
         for name in args.samplers:
             steps = STEPS[name]
@@ -178,6 +183,7 @@ def main() -> None:
             )
             per_ours, per_them = 1e3 * t_ours / steps, 1e3 * t_them / steps
             print(f"{name:10} {steps:5d} {per_ours:8.3f} {per_them:10.3f} {t_them / t_ours:6.2f}")
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":
