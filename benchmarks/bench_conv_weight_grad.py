@@ -103,6 +103,7 @@ def main() -> None:
         return
     os.environ["DIFFUSIONLAB_CONV_WEIGHT_GRAD"] = "1"
     from diffusionlab.nets import conv_weight_grad
+    from diffusionlab.utils import hardware
 
     if not conv_weight_grad.available():
         print("conv weight-gradient kernel: skipped, it did not build (see the warning)")
@@ -110,7 +111,7 @@ def main() -> None:
     torch.set_num_threads(1)
     print(
         f"conv weight gradients, bf16 channels_last, batch 128, 1 thread, torch {torch.__version__}, "
-        f"AMX {'yes' if torch.cpu._is_amx_tile_supported() else 'no'}; {allocator.describe()}"
+        f"{hardware.describe_cpu()}; {allocator.describe()}"
     )
     shape_table()
     if not args.no_step:

@@ -128,7 +128,12 @@ def main() -> None:
             rounds.append({name: done[name] for name in runners})
     per_round = [ratios(cells, n) for cells in rounds]
     timed = rounds[0][next(iter(runners))]["steps"]
-    print(f"\nglobal batch {args.batch}, {args.precision}, {args.steps} steps ({timed} timed), {args.rounds} round(s)")
+    from diffusionlab.utils import hardware
+
+    print(
+        f"\nglobal batch {args.batch}, {args.precision}, {args.steps} steps ({timed} timed), {args.rounds} round(s); "
+        f"{hardware.describe_cpu()}"
+    )
     print(f"{'cell':40s} {'img/s':>8s} {'step s':>8s}   (median over rounds)")
     for name in runners:
         img_s = statistics.median(cells[name]["images_per_s"] for cells in rounds)

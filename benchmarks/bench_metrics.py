@@ -144,6 +144,7 @@ def main() -> None:
         torch_fidelity_weights_from_torchscript,
     )
     from diffusionlab.metrics.inception_folded import FoldedInceptionNet
+    from diffusionlab.utils import hardware
     from diffusionlab.utils.io import atomic_write_json
 
     ts = load_inception(args.weights, folded=False)
@@ -248,6 +249,8 @@ def main() -> None:
     print(
         f"metrics benchmark: batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
         + allocator.describe()
+        + "; "
+        + hardware.describe_cpu()
     )
     for name, value in rows.items():
         print(f"  {name:<66} {value:10.2e}" if "deviation" in name else f"  {name:<66} {value:10.3f}")

@@ -40,6 +40,7 @@ import torch
 from diffusionlab.diffusion import NoiseSchedule
 from diffusionlab.nets.diffusers_compat import convert_unet2d_state_dict
 from diffusionlab.sampling import classifier_free_guidance, get_sampler
+from diffusionlab.utils import hardware
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_unet import DATA, build  # noqa: E402  (the same networks as the training bench)
@@ -152,6 +153,8 @@ def main() -> None:
         f"sampling {args.model} ({size}x{size}), batch {args.batch}, CFG scale 2, {torch.get_num_threads()} threads, "
         f"{'bf16 autocast' if args.bf16 else 'float32'}{', channels_last' if args.channels_last else ''}; "
         + allocator.describe()
+        + "; "
+        + hardware.describe_cpu()
     )
     head = f"{'ours img/CPU-s':>15} {'diffusers img/CPU-s':>20} {'ratio':>6} {'max|diff|':>10}"
     print(f"{'sampler':10} {'steps':>5} {head}")

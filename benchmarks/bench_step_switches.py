@@ -63,7 +63,12 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_unet
 
-    print(f"single changes in ours' bf16 training step, batch 128, 1 thread; {allocator.describe()}")
+    from diffusionlab.utils import hardware
+
+    print(
+        f"single changes in ours' bf16 training step, batch 128, 1 thread; {allocator.describe()}; "
+        f"{hardware.describe_cpu()}"
+    )
     for name in args.switches or table:
         off_label, on_label, switch = table[name]
         for model in args.models:

@@ -503,6 +503,8 @@ def main() -> None:
         for (m, p, cl, c) in cells
     ]
     peak = max(peak, bf16_matmul_peak(args.threads))  # before and after the runs: the better of the two
+    from diffusionlab.utils import hardware
+
     rounds = f", fastest of {args.rounds} alternating rounds" if args.rounds > 1 else ""
     print_table(
         rows,
@@ -511,7 +513,7 @@ def main() -> None:
         "peak RSS increase after the first step (allocator-dependent); ratios from img/cpu-s; "
         "TFLOP/s = GFLOP per training image (torch.utils.flop_counter) x img/cpu-s; conv% = share of a step's CPU "
         "time in convolutions (torch.profiler); bound = ratio / ours' conv%: ours / diffusers if everything but "
-        "ours' convolutions took no time; " + allocator.describe(),
+        "ours' convolutions took no time; " + allocator.describe() + "; " + hardware.describe_cpu(),
         peak,
     )
     if args.paired:

@@ -77,3 +77,21 @@ def test_trainer_precision_resolver_follows_the_hardware(monkeypatch):
     assert trainer_precision("cpu") == "32-true"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert trainer_precision("auto") == "32-true"
+
+
+def test_benchmark_headers_name_the_cpu_kind(monkeypatch):
+    """Benchmark tables are compared across machine kinds (Xeon with AMX, Zen 4, Zen 5): their header line
+    names the CPU, its family and model, and the bf16 features that decide which kernels run."""
+    from diffusionlab.utils.hardware import describe_cpu
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    cpuinfo = (
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+        "processor\t: 1\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+    )
+    line = describe_cpu(cpuinfo)
+    assert line.startswith("CPU: AMD EPYC (AuthenticAMD family 25 model 17), ")
+    assert line.endswith("avx512_bf16 yes, AMX no")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert describe_cpu("").startswith("CPU: unknown CPU, ") and describe_cpu("").endswith("AMX yes")

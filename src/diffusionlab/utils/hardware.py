@@ -8,6 +8,8 @@ at 29.9 img/s in bf16-mixed against 63.8 in float32. ``"auto"`` picks bf16 only 
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 AUTO = "auto"
@@ -28,3 +30,28 @@ def fast_precision(device: str | torch.device = "cpu", float32_name: str = "32")
     """``"bf16-mixed"`` where ``device`` has native bf16, else ``float32_name`` (``"32"`` for sampling,
     ``"32-true"`` for Lightning's trainer)."""
     return "bf16-mixed" if has_native_bf16(device) else float32_name
+
+
+def describe_cpu(cpuinfo: str | None = None) -> str:
+    """One line for benchmark headers naming the machine kind a figure belongs to, e.g. ``CPU: AMD EPYC
+    (AuthenticAMD family 25 model 17), 2 cores, avx512_bf16 yes, AMX no``. ``cpuinfo``: the text of
+    ``/proc/cpuinfo`` (read when None; fields it lacks are left out)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name", "unknown CPU")
+    kind = " ".join(
+        f"{label} {fields[key]}" if label else fields[key]
+        for key, label in (("vendor_id", ""), ("cpu family", "family"), ("model", "model"))
+        if fields.get(key)
+    )
+    bf16 = "yes" if torch.cpu._is_avx512_bf16_supported() else "no"
+    amx = "yes" if torch.cpu._is_amx_tile_supported() else "no"
+    return f"CPU: {name}{f' ({kind})' if kind else ''}, {os.cpu_count()} cores, avx512_bf16 {bf16}, AMX {amx}"
