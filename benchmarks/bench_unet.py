@@ -474,6 +474,8 @@ def main() -> None:
     ]
     import torch
 
+    from diffusionlab.utils import hardware
+
     peak = bf16_matmul_peak(args.threads)
     results: dict[tuple, dict] = {}
     for cell, impl in tqdm(jobs * args.rounds, desc="benchmark runs", unit="run"):
@@ -503,8 +505,6 @@ def main() -> None:
         for (m, p, cl, c) in cells
     ]
     peak = max(peak, bf16_matmul_peak(args.threads))  # before and after the runs: the better of the two
-    from diffusionlab.utils import hardware
-
     rounds = f", fastest of {args.rounds} alternating rounds" if args.rounds > 1 else ""
     print_table(
         rows,
