@@ -12,6 +12,11 @@ so both compute the same function; the script checks the final samples agree bef
 ``--bf16`` autocasts both networks (what ``sample.py precision=bf16-mixed`` does for ours); ``--channels-last``
 puts both networks and their inputs in channels-last memory format (``channels_last=true``).
 
+Two rates per row, each the best of ``--repeats`` interleaved runs: images per CPU-second (``time.process_time``,
+steady on a shared machine, but at two threads it also counts OpenMP's threads spinning between ops, which
+flatters the side with more small ops) and images per wall-clock second (what a user waits for), each with
+its ratio diffusers / ours.
+
 A second table times the samplers alone: the same loops around a network that costs next to nothing
 (``0.1 * x``), so what is left is each sampler's own arithmetic, guidance combination and bookkeeping per step.
 It runs on one thread: over these small tensors, CPU time at two threads counts OpenMP's threads waiting for
@@ -102,27 +107,31 @@ class NullNet(torch.nn.Module):
         return SimpleNamespace(sample=out) if class_labels is not None else out
 
 
-def timed(fn, repeats: int, *args) -> tuple[float, torch.Tensor]:
-    """Best CPU time (``time.process_time``: stable on a shared machine; with one thread = core-seconds)."""
-    best, out = float("inf"), None
+def timed(fn, repeats: int, *args) -> tuple[float, float, torch.Tensor]:
+    """Best CPU time (``time.process_time``: stable on a shared machine; with one thread = core-seconds) and best
+    wall time of ``repeats`` calls, and the last output."""
+    best, best_wall, out = float("inf"), float("inf"), None
     for _ in range(repeats):
-        t0 = time.process_time()
+        t0, w0 = time.process_time(), time.perf_counter()
         out = fn(*args)
-        best = min(best, time.process_time() - t0)
-    return best, out
+        best, best_wall = min(best, time.process_time() - t0), min(best_wall, time.perf_counter() - w0)
+    return best, best_wall, out
 
 
-def interleaved(repeats: int, a: tuple, b: tuple) -> tuple[float, float, torch.Tensor, torch.Tensor]:
-    """Best CPU times of ``a[0](*a[1:])`` and ``b[0](*b[1:])`` timed in turn (a, b, a, b, ...), so a slow spell
-    of the machine lands on both rather than on whichever ran second; returns (time a, time b, out a, out b)."""
-    best_a = best_b = float("inf")
+def interleaved(
+    repeats: int, a: tuple, b: tuple
+) -> tuple[tuple[float, float], tuple[float, float], torch.Tensor, torch.Tensor]:
+    """Best (CPU, wall) times of ``a[0](*a[1:])`` and ``b[0](*b[1:])`` timed in turn (a, b, a, b, ...), so a slow
+    spell of the machine lands on both rather than on whichever ran second; returns (times a, times b, out a,
+    out b)."""
+    best_a, best_b = [float("inf")] * 2, [float("inf")] * 2
     out_a = out_b = None
     for _ in range(repeats):
-        t, out_a = timed(a[0], 1, *a[1:])
-        best_a = min(best_a, t)
-        t, out_b = timed(b[0], 1, *b[1:])
-        best_b = min(best_b, t)
-    return best_a, best_b, out_a, out_b
+        *t, out_a = timed(a[0], 1, *a[1:])
+        best_a = [min(u, v) for u, v in zip(best_a, t)]
+        *t, out_b = timed(b[0], 1, *b[1:])
+        best_b = [min(u, v) for u, v in zip(best_b, t)]
+    return tuple(best_a), tuple(best_b), out_a, out_b
 
 
 def main() -> None:
@@ -156,7 +165,10 @@ def main() -> None:
         + "; "
         + hardware.describe_cpu()
     )
-    head = f"{'ours img/CPU-s':>15} {'diffusers img/CPU-s':>20} {'ratio':>6} {'max|diff|':>10}"
+    head = (
+        f"{'ours img/CPU-s':>15} {'diffusers img/CPU-s':>20} {'ratio':>6} "
+        f"{'ours img/s':>11} {'diffusers img/s':>16} {'wall ratio':>10} {'max|diff|':>10}"
+    )
     print(f"{'sampler':10} {'steps':>5} {head}")
     with torch.no_grad(), ctx:
         # Warm-up, untimed: whichever sampler came first ran 10-30% slower for ours (2026-12-05: DPM-Solver++
@@ -166,13 +178,14 @@ def main() -> None:
         theirs(model, first, x_T, labels, STEPS[first], 1)
         for name in args.samplers:
             steps = STEPS[name]
-            t_ours, t_them, a, b = interleaved(
+            (t_ours, w_ours), (t_them, w_them), a, b = interleaved(
                 args.repeats, (ours, net, name, x_T, labels, steps, 1), (theirs, model, name, x_T, labels, steps, 1)
             )
             diff = (a.float() - b.float()).abs().max().item()
             print(
                 f"{name:10} {steps:5d} {args.batch / t_ours:15.2f} {args.batch / t_them:20.2f} "
-                f"{t_them / t_ours:6.2f} {diff:10.2e}"
+                f"{t_them / t_ours:6.2f} {args.batch / w_ours:11.2f} {args.batch / w_them:16.2f} "
+                f"{w_them / w_ours:10.2f} {diff:10.2e}"
             )
         null = NullNet()
         threads = torch.get_num_threads()
@@ -181,7 +194,7 @@ def main() -> None:
         print(f"{'sampler':10} {'steps':>5} {'ours':>8} {'diffusers':>10} {'ratio':>6}")
         for name in args.samplers:
             steps = STEPS[name]
-            t_ours, t_them, _, _ = interleaved(  # cheap without a network: more repeats for milliseconds
+            (t_ours, _), (t_them, _), _, _ = interleaved(  # cheap without a network: more repeats for milliseconds
                 OVERHEAD_REPEATS, (ours, null, name, x_T, labels, steps, 1), (theirs, null, name, x_T, labels, steps, 1)
             )
             per_ours, per_them = 1e3 * t_ours / steps, 1e3 * t_them / steps

@@ -19,6 +19,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from diffusionlab.utils.cpuinfo import cpuinfo_fields
 from diffusionlab.utils.locks import file_lock
 
 # -fopenmp: at::parallel_for is a header template, so without it a kernel would run on one thread; the
@@ -29,19 +30,10 @@ LDFLAGS = ["-fopenmp"]
 _LOADED: set[str] = set()
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return ""
-
-
 def build_name(source: Path, prefix: str, cflags: list[str]) -> str:
     """``<prefix>_<hash>``: the hash covers the source, the flags and this CPU's feature flags."""
-    digest = hashlib.sha256(source.read_bytes() + " ".join(cflags + LDFLAGS).encode() + _cpu_flags().encode())
+    cpu_flags = cpuinfo_fields().get("flags", "")
+    digest = hashlib.sha256(source.read_bytes() + " ".join(cflags + LDFLAGS).encode() + cpu_flags.encode())
     return f"{prefix}_{digest.hexdigest()[:12]}"
 
 

@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from diffusionlab.utils.cpuinfo import cpuinfo_fields
+
 AUTO = "auto"
 
 
@@ -36,16 +38,7 @@ def describe_cpu(cpuinfo: str | None = None) -> str:
     """One line for benchmark headers naming the machine kind a figure belongs to, e.g. ``CPU: AMD EPYC
     (AuthenticAMD family 25 model 17), 2 cores, avx512_bf16 yes, AMX no``. ``cpuinfo``: the text of
     ``/proc/cpuinfo`` (read when None; fields it lacks are left out)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            cpuinfo = ""
-    fields: dict[str, str] = {}
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
+    fields = cpuinfo_fields(cpuinfo)
     name = fields.get("model name", "unknown CPU")
     kind = " ".join(
         f"{label} {fields[key]}" if label else fields[key]
