@@ -33,6 +33,7 @@ classifier: data  ## train and cache the MNIST and Fashion-MNIST domain classifi
 	$(PY) -m diffusionlab.cli.classifier --dataset fashion_mnist --data-dir $(DATA_DIR) --cache-dir "$${DIFFUSIONLAB_CACHE_DIR:-cache}"
 
 bench:  ## speed and memory against peers measured in the same run (ratios); not part of the tests
+	$(PY) benchmarks/bench_cpu_peak.py
 	$(PY) benchmarks/bench_unet.py --quick --rounds 2 --paired 8
 	$(PY) benchmarks/bench_conv_weight_grad.py
 	$(PY) benchmarks/bench_step_switches.py
