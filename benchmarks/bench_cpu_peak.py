@@ -19,15 +19,15 @@ work outside them (``bench_unet.py``'s ``bound`` column).
 
 from __future__ import annotations
 
-from diffusionlab.utils import allocator
-
-allocator.tune_cpu_allocator()  # before torch is imported; the same for every peer timed here
-
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from diffusionlab.utils import allocator
+
+allocator.tune_cpu_allocator()  # before torch is imported (by bench_unet in main), as for every bench
 
 SOURCE = Path(__file__).resolve().parent / "kernels" / "cpu_peak.cpp"
 
