@@ -14,8 +14,8 @@ puts both networks and their inputs in channels-last memory format (``channels_l
 
 Two rates per row, each the best of ``--repeats`` interleaved runs: images per CPU-second (``time.process_time``,
 steady on a shared machine, but at two threads it also counts OpenMP's threads spinning between ops, which
-flatters the side with more small ops) and images per wall-clock second (what a user waits for), each with
-its ratio diffusers / ours.
+counts against the side with more small ops) and images per wall-clock second (what a user waits for), each
+with its ratio diffusers / ours.
 
 A second table times the samplers alone: the same loops around a network that costs next to nothing
 (``0.1 * x``), so what is left is each sampler's own arithmetic, guidance combination and bookkeeping per step.
