@@ -1,6 +1,6 @@
 """What one core's vector units can do at most, beside the matmul peak ``bench_unet.py`` divides by.
 
-    python benchmarks/bench_cpu_peak.py           # ~15 s: compiles kernels/cpu_peak.cpp with g++ and runs it
+    python benchmarks/bench_cpu_peak.py           # ~10 s: compiles kernels/cpu_peak.cpp with g++ and runs it
 
 Rows (GFLOP/s on one core):
 

@@ -4,7 +4,8 @@
 //   fma_ymm / fma_zmm: float32 fused multiply-add on 8 / 16 lanes (2 FLOP per lane)
 //   dpbf16_zmm: vdpbf16ps, 16 lanes x 2 bfloat16 products summed into float32 (4 FLOP per lane)
 // 12 accumulators hide the instructions' latency; empty asm statements keep the compiler from folding the
-// loop (one operand changes every pass, as far as it knows) or narrowing it (every lane of the sums is used). AMX tiles, where a CPU has them, are not measured here.
+// loop (one operand changes every pass, as far as it knows) or narrowing it (every lane of the sums is used).
+// AMX tiles, where a CPU has them, are not measured here.
 
 #include <immintrin.h>
 
